@@ -1,0 +1,11 @@
+/* Kiln: Erlang-style processes on every core, in C. Include this one. */
+#ifndef KILN_KILN_H
+#define KILN_KILN_H
+
+#include "kiln/error.h"
+#include "kiln/term.h"
+#include "kiln/runtime.h"
+#include "kiln/process.h"
+#include "kiln/timer.h"
+
+#endif

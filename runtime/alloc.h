@@ -1,0 +1,16 @@
+/* Kiln allocates through these names. Debian's jemalloc is built without a
+ * symbol prefix, so linking libkiln against it replaces malloc for the whole
+ * program (which is what we want: messages are allocated on one worker and
+ * freed on another, the pattern jemalloc's per-thread caches handle well).
+ * Sanitizer builds leave jemalloc out so ASan/TSan interpose malloc. */
+#ifndef KILN_RUNTIME_ALLOC_H
+#define KILN_RUNTIME_ALLOC_H
+
+#include <stdlib.h>
+
+#define kiln_malloc(n) malloc(n)
+#define kiln_calloc(n, s) calloc(n, s)
+#define kiln_realloc(p, n) realloc(p, n)
+#define kiln_free(p) free(p)
+
+#endif

@@ -1,0 +1,191 @@
+/* Calls, in the gen_server protocol so that the same bytes work across
+ * nodes: the caller monitors the server with a reference that is also an
+ * alias, sends {'$gen_call', {Self, [alias|Ref]}, Request}, and waits for
+ * {[alias|Ref], Reply} or the DOWN. Dropping the alias on timeout is what
+ * keeps a late reply out of the caller's mailbox. */
+#include "alloc.h"
+#include "rt.h"
+
+struct call_wait {
+    kiln_rt *rt;
+    uint64_t n;
+};
+
+static bool tag_is_ours(kiln_rt *rt, kiln_term tag, uint64_t n)
+{
+    uint64_t got;
+    kiln_term apid;
+    if (kiln_is_cons(tag) && kiln_hd(tag) == KILN_ATOM_ALIAS)
+        tag = kiln_tl(tag);
+    return kiln_ref_number(rt, tag, &got, &apid) && got == n;
+}
+
+static bool match_reply(kiln_msg *m, void *arg)
+{
+    struct call_wait *cw = arg;
+    if (m->kind != KILN_MK_USER && m->kind != KILN_MK_ALIAS_MSG)
+        return false;
+    kiln_term t = m->root;
+    if (!kiln_is_tuple(t))
+        return false;
+    size_t n = kiln_tuple_arity(t);
+    if (n == 2)
+        return tag_is_ours(cw->rt, kiln_tuple_get(t, 0), cw->n);
+    if (n == 5 && kiln_tuple_get(t, 0) == KILN_ATOM_DOWN)
+        return tag_is_ours(cw->rt, kiln_tuple_get(t, 1), cw->n);
+    return false;
+}
+
+static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
+{
+    struct kiln_monitor mon;
+    if (kiln_monitor_del(p, true, n, &mon)) {
+        kiln_msg *sig = kiln_signal_new(KILN_MK_DEMONITOR, 8);
+        if (sig) {
+            sig->from = p->pid;
+            sig->aux = kiln_ref_term(sig, p->rt, n, KILN_NONE);
+            kiln_deliver_pid(p->rt, target, sig);
+        }
+    }
+    struct kiln_proc_ext *e = p->ext;
+    uint64_t *a = e ? e->aliases.items : NULL;
+    for (uint32_t i = 0; e && i < e->aliases.len; i++) {
+        if ((a[i] & ~(1ull << 63)) == n) {
+            kiln_vec_remove(&e->aliases, i, sizeof(uint64_t));
+            break;
+        }
+    }
+}
+
+static int noproc(kiln_msg **reason)
+{
+    if (reason) {
+        *reason = kiln_msg_new_words(4);
+        if (*reason)
+            (*reason)->root = KILN_ATOM_NOPROC;
+    }
+    return KILN_ENOPROC;
+}
+
+int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply, kiln_msg **reason)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (reason)
+        *reason = NULL;
+    if (!p) {
+        kiln_msg_free(request);
+        return KILN_ENOTPROC;
+    }
+    if (!request || !reply) {
+        kiln_msg_free(request);
+        return KILN_EINVAL;
+    }
+    kiln_rt *rt = p->rt;
+    kiln_term target = to;
+    if (kiln_is_atom(to))
+        target = kiln_whereis(rt, to);
+    else if (kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_tuple_get(to, 1) == rt->node)
+        target = kiln_whereis(rt, kiln_tuple_get(to, 0));
+    if (kiln_is_none(target) || !kiln_is_alive(rt, target)) {
+        kiln_msg_free(request);
+        return kiln_is_local_pid(target) || kiln_is_none(target) ? noproc(reason) : KILN_ENOTSUP;
+    }
+
+    uint64_t n = kiln_ref_next(rt);
+    struct kiln_proc_ext *e = kiln_proc_ext(p);
+    struct kiln_monitor mon = {n, target, KILN_NONE};
+    uint64_t alias_entry = n;
+    kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
+    kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
+    kiln_term from = kiln_tuple(request, 2, p->pid, tag);
+    kiln_term call = kiln_tuple(request, 3, KILN_ATOM_GEN_CALL, from, request->root);
+    kiln_msg *sig = kiln_signal_new(KILN_MK_MONITOR, 8);
+    if (!e || kiln_is_none(call) || !sig || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
+        kiln_msg_free(sig);
+        kiln_msg_free(request);
+        return KILN_ENOMEM;
+    }
+    if (!kiln_monitor_add(p, true, &mon)) {
+        forget(p, n, target);
+        kiln_msg_free(sig);
+        kiln_msg_free(request);
+        return KILN_ENOMEM;
+    }
+    sig->from = p->pid;
+    sig->root = KILN_NONE;
+    sig->aux = kiln_ref_term(sig, rt, n, KILN_NONE);
+    kiln_deliver_pid(rt, target, sig);
+    request->root = call;
+    kiln_rt_send(rt, target, request);
+
+    struct call_wait cw = {rt, n};
+    kiln_msg *m;
+    int rc = kiln_proc_receive(p, match_reply, &cw, timeout_ms, &m);
+    if (rc != KILN_OK) {
+        forget(p, n, target);
+        return rc;
+    }
+    kiln_term t = m->root;
+    if (kiln_tuple_arity(t) == 5) {
+        /* DOWN: the monitor is already gone; drop the alias. */
+        forget(p, n, target);
+        kiln_term why = kiln_tuple_get(t, 4);
+        rc = why == KILN_ATOM_NOPROC ? KILN_ENOPROC : KILN_EEXIT;
+        if (reason) {
+            m->root = why;
+            m->kind = KILN_MK_USER;
+            *reason = m;
+        } else {
+            kiln_msg_free(m);
+        }
+        return rc;
+    }
+    forget(p, n, target);
+    m->root = kiln_tuple_get(t, 1);
+    m->kind = KILN_MK_USER;
+    *reply = m;
+    return KILN_OK;
+}
+
+int kiln_reply(kiln_term from, kiln_msg *reply)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!reply)
+        return KILN_EINVAL;
+    if (!rt) {
+        kiln_msg_free(reply);
+        return KILN_ENOTPROC;
+    }
+    if (!kiln_is_tuple(from) || kiln_tuple_arity(from) != 2) {
+        kiln_msg_free(reply);
+        return KILN_EBADARG;
+    }
+    kiln_term pid = kiln_tuple_get(from, 0);
+    kiln_term tag = kiln_term_copy(reply, kiln_tuple_get(from, 1));
+    kiln_term t = kiln_tuple(reply, 2, tag, reply->root);
+    if (kiln_is_none(t)) {
+        kiln_msg_free(reply);
+        return KILN_ENOMEM;
+    }
+    reply->root = t;
+    /* gen:reply's rule: an [alias|Ref] tag goes to the alias. */
+    kiln_term dest = (kiln_is_cons(tag) && kiln_hd(tag) == KILN_ATOM_ALIAS) ? kiln_tl(tag) : pid;
+    struct kiln_proc *self = kiln_current_proc();
+    if (self && self->current == reply)
+        self->current = NULL;
+    return kiln_rt_send(rt, dest, reply);
+}
+
+int kiln_match_call(kiln_term msg, kiln_term *from, kiln_term *request)
+{
+    if (!kiln_is_tuple(msg) || kiln_tuple_arity(msg) != 3 || kiln_tuple_get(msg, 0) != KILN_ATOM_GEN_CALL)
+        return KILN_ENOMATCH;
+    kiln_term f = kiln_tuple_get(msg, 1);
+    if (!kiln_is_tuple(f) || kiln_tuple_arity(f) != 2)
+        return KILN_ENOMATCH;
+    if (from)
+        *from = f;
+    if (request)
+        *request = kiln_tuple_get(msg, 2);
+    return KILN_OK;
+}

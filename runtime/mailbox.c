@@ -1,0 +1,105 @@
+/* The mailbox queue (see mailbox.h for the protocol). */
+#include "mailbox.h"
+
+#include <sched.h>
+
+#include "cpu.h"
+
+static inline kiln_msg *stub_node(struct kiln_mailbox *mb) { return (kiln_msg *)(void *)&mb->stub; }
+
+void kiln_mb_init(struct kiln_mailbox *mb)
+{
+    atomic_store_explicit(&mb->stub.next, NULL, memory_order_relaxed);
+    mb->tail = stub_node(mb);
+    /* A new process is scheduled by spawn itself, so it starts active. */
+    atomic_store_explicit(&mb->head, (uintptr_t)stub_node(mb), memory_order_release);
+}
+
+kiln_mb_push_result kiln_mb_push(struct kiln_mailbox *mb, kiln_msg *m)
+{
+    atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+    uintptr_t prev = atomic_exchange_explicit(&mb->head, (uintptr_t)m, memory_order_acq_rel);
+    kiln_msg *p = (kiln_msg *)(prev & ~KILN_MB_BITS);
+    atomic_store_explicit(&p->next, m, memory_order_release);
+    if (prev & KILN_MB_DEAD)
+        return KILN_MB_WAS_DEAD;
+    return (prev & KILN_MB_IDLE) ? KILN_MB_WAS_IDLE : KILN_MB_WAS_ACTIVE;
+}
+
+kiln_mb_pop_result kiln_mb_pop(struct kiln_mailbox *mb, kiln_msg **out)
+{
+    kiln_msg *tail = mb->tail;
+    kiln_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == stub_node(mb)) {
+        if (!next) {
+            uintptr_t head = atomic_load_explicit(&mb->head, memory_order_acquire) & ~KILN_MB_BITS;
+            return head == (uintptr_t)tail ? KILN_MB_EMPTY : KILN_MB_INFLIGHT;
+        }
+        mb->tail = next;
+        tail = next;
+        next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    }
+    if (next) {
+        mb->tail = next;
+        *out = tail;
+        return KILN_MB_GOT;
+    }
+    uintptr_t head = atomic_load_explicit(&mb->head, memory_order_acquire) & ~KILN_MB_BITS;
+    if (head != (uintptr_t)tail)
+        return KILN_MB_INFLIGHT;
+    /* tail is the only node: put the stub behind it so tail can be handed out. */
+    kiln_msg *stub = stub_node(mb);
+    atomic_store_explicit(&stub->next, NULL, memory_order_relaxed);
+    uintptr_t prev = atomic_exchange_explicit(&mb->head, (uintptr_t)stub, memory_order_acq_rel);
+    kiln_msg *p = (kiln_msg *)(prev & ~KILN_MB_BITS);
+    atomic_store_explicit(&p->next, stub, memory_order_release);
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (next) {
+        mb->tail = next;
+        *out = tail;
+        return KILN_MB_GOT;
+    }
+    return KILN_MB_INFLIGHT;
+}
+
+kiln_msg *kiln_mb_pop_wait(struct kiln_mailbox *mb)
+{
+    kiln_msg *m;
+    for (unsigned spins = 0;; spins++) {
+        switch (kiln_mb_pop(mb, &m)) {
+        case KILN_MB_GOT:
+            return m;
+        case KILN_MB_EMPTY:
+            return NULL;
+        case KILN_MB_INFLIGHT:
+            /* The producer was preempted mid-push: give it the CPU. */
+            if (spins < 64)
+                kiln_cpu_relax();
+            else
+                sched_yield();
+            break;
+        }
+    }
+}
+
+bool kiln_mb_try_idle(struct kiln_mailbox *mb)
+{
+    uintptr_t expect = (uintptr_t)stub_node(mb);
+    if (mb->tail != stub_node(mb) || atomic_load_explicit(&mb->stub.next, memory_order_acquire))
+        return false;
+    return atomic_compare_exchange_strong_explicit(&mb->head, &expect, expect | KILN_MB_IDLE,
+                                                   memory_order_acq_rel, memory_order_acquire);
+}
+
+void kiln_mb_mark_dead(struct kiln_mailbox *mb)
+{
+    uintptr_t cur = atomic_load_explicit(&mb->head, memory_order_acquire);
+    while (!atomic_compare_exchange_weak_explicit(&mb->head, &cur, (cur & ~KILN_MB_IDLE) | KILN_MB_DEAD,
+                                                  memory_order_acq_rel, memory_order_acquire))
+        ;
+}
+
+bool kiln_mb_is_idle(struct kiln_mailbox *mb)
+{
+    return (atomic_load_explicit(&mb->head, memory_order_acquire) & KILN_MB_IDLE) != 0;
+}

@@ -1,0 +1,54 @@
+/* A process mailbox: intrusive Vyukov MPSC queue of kiln_msg.
+ *
+ * Producers push with one atomic exchange on `head`. The low bits of head
+ * carry the owner's state so that a push also tells the sender what to do:
+ *   IDLE: the owner went to sleep on an empty queue; exactly one pusher sees
+ *         the bit (the exchange replaces it) and must schedule the owner.
+ *   DEAD: the owner has exited; nobody schedules it.
+ */
+#ifndef KILN_RUNTIME_MAILBOX_H
+#define KILN_RUNTIME_MAILBOX_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "message.h"
+
+#define KILN_MB_IDLE ((uintptr_t)1)
+#define KILN_MB_DEAD ((uintptr_t)2)
+#define KILN_MB_BITS ((uintptr_t)3)
+
+struct kiln_mb_stub {
+    _Atomic(kiln_msg *) next; /* same offset as kiln_msg.next */
+};
+
+struct kiln_mailbox {
+    _Atomic(uintptr_t) head;  /* last pushed node | state bits */
+    kiln_msg *tail;           /* consumer side: next node to pop */
+    struct kiln_mb_stub stub;
+};
+
+typedef enum kiln_mb_push_result {
+    KILN_MB_WAS_ACTIVE = 0, /* owner running or queued: nothing to do */
+    KILN_MB_WAS_IDLE = 1,   /* caller must schedule the owner */
+    KILN_MB_WAS_DEAD = 2    /* owner exited; the message is reclaimed with it */
+} kiln_mb_push_result;
+
+void kiln_mb_init(struct kiln_mailbox *mb);
+kiln_mb_push_result kiln_mb_push(struct kiln_mailbox *mb, kiln_msg *m);
+
+typedef enum kiln_mb_pop_result { KILN_MB_GOT, KILN_MB_EMPTY, KILN_MB_INFLIGHT } kiln_mb_pop_result;
+/* Owner only. INFLIGHT: a producer is between its exchange and its link;
+ * the message will be visible in a few instructions. */
+kiln_mb_pop_result kiln_mb_pop(struct kiln_mailbox *mb, kiln_msg **out);
+/* Owner only: pop, waiting out an in-flight push. NULL when empty. */
+kiln_msg *kiln_mb_pop_wait(struct kiln_mailbox *mb);
+/* Owner only: mark idle if the queue is empty. False if messages arrived
+ * (the owner must keep running). */
+bool kiln_mb_try_idle(struct kiln_mailbox *mb);
+/* Owner only, on exit: later pushes will not schedule the owner. */
+void kiln_mb_mark_dead(struct kiln_mailbox *mb);
+bool kiln_mb_is_idle(struct kiln_mailbox *mb);
+
+#endif

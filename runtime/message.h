@@ -1,0 +1,58 @@
+/* Internal layout of a message: the mailbox link, the signal fields and the
+ * arena that owns the message's terms. One allocation holds the header and
+ * the first arena chunk; a message built past its size hint chains further
+ * chunks (rare: builders and the decoder size the first chunk). */
+#ifndef KILN_RUNTIME_MESSAGE_H
+#define KILN_RUNTIME_MESSAGE_H
+
+#include <stdatomic.h>
+
+#include "kiln/term.h"
+
+/* What a mailbox entry is. User messages are data; the rest are signals that
+ * the owner handles as it drains its queue, in arrival order. */
+enum kiln_msg_kind {
+    KILN_MK_USER = 0,     /* root = the message */
+    KILN_MK_EXIT,         /* from = sender, root = reason (exit signal from a link or exit/2) */
+    KILN_MK_EXIT2,        /* exit/2 sent explicitly: kill is untrappable */
+    KILN_MK_LINK,         /* from wants a link */
+    KILN_MK_UNLINK,       /* from removed its link */
+    KILN_MK_MONITOR,      /* from monitors us; aux = ref, root = name atom or NONE */
+    KILN_MK_DEMONITOR,    /* aux = ref */
+    KILN_MK_DOWN,         /* a monitor of ours fired: aux = ref, from = what died, root = reason */
+    KILN_MK_ALIAS_MSG,    /* user message sent to an alias: aux = the alias ref */
+    KILN_MK_TIMEOUT,      /* a receive timeout; aux = small int generation */
+    KILN_MK_WAKE,         /* resume a process blocked on an outside event (blocking pool, sleep) */
+    KILN_MK_STOP          /* runtime shutdown: die with reason root */
+};
+
+struct kiln_msg_chunk {
+    struct kiln_msg_chunk *next;
+    size_t words;
+    uint64_t data[];
+};
+
+struct kiln_msg {
+    _Atomic(struct kiln_msg *) next; /* mailbox link (intrusive MPSC) */
+    uint16_t kind;                   /* enum kiln_msg_kind */
+    uint16_t flags;
+    uint32_t aux32;
+    kiln_term root;
+    kiln_term from;
+    kiln_term aux;
+    uint64_t *cur, *end;             /* bump region of the current chunk */
+    struct kiln_msg_chunk *chunks;   /* chunks after the inline one */
+    void *offheap;                   /* first refcounted-binary box in this arena (binary.c) */
+    size_t inline_words;
+    uint64_t inline_data[];
+};
+
+/* A message sized for n words of terms without growing. */
+kiln_msg *kiln_msg_new_words(size_t n);
+/* A signal with no payload terms beyond from/aux/root set by the caller. */
+kiln_msg *kiln_signal_new(enum kiln_msg_kind kind, size_t words);
+
+/* Release every refcounted binary the arena holds (binary.c). */
+void kiln_offheap_release(kiln_msg *m);
+
+#endif

@@ -1,0 +1,102 @@
+/* monitor/2 and demonitor/2. */
+#include "alloc.h"
+#include "rt.h"
+
+int kiln_monitor(kiln_term target, kiln_msg *ref_msg, kiln_term *ref)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (!p)
+        return KILN_ENOTPROC;
+    if (!ref_msg || !ref)
+        return KILN_EINVAL;
+    kiln_rt *rt = p->rt;
+    kiln_term name = KILN_NONE, pid = target;
+    if (kiln_is_atom(target)) {
+        name = target;
+        pid = kiln_whereis(rt, target);
+    } else if (!kiln_is_local_pid(target)) {
+        return kiln_is_pid(target) ? KILN_ENOTSUP : KILN_EBADARG;
+    }
+    uint64_t n = kiln_ref_next(rt);
+    kiln_term r = kiln_ref_term(ref_msg, rt, n, KILN_NONE);
+    if (kiln_is_none(r))
+        return KILN_ENOMEM;
+    struct kiln_monitor mon = {n, pid, name};
+    if (!kiln_monitor_add(p, true, &mon))
+        return KILN_ENOMEM;
+    *ref = r;
+    if (kiln_is_none(pid)) {
+        /* An unregistered name: DOWN {Name, Node} noproc at once. */
+        kiln_msg *tmp = kiln_msg_new_words(4);
+        kiln_term obj = tmp ? kiln_tuple(tmp, 2, name, rt->node) : KILN_NONE;
+        kiln_msg *down = kiln_is_none(obj) ? NULL : kiln_down_signal_new(rt, n, obj, KILN_ATOM_NOPROC);
+        kiln_msg_free(tmp);
+        if (!down)
+            return KILN_ENOMEM;
+        return kiln_proc_deliver(rt, p, down);
+    }
+    kiln_msg *sig = kiln_signal_new(KILN_MK_MONITOR, 8);
+    if (!sig)
+        return KILN_ENOMEM;
+    sig->from = p->pid;
+    sig->root = name;
+    sig->aux = kiln_ref_term(sig, rt, n, KILN_NONE);
+    /* A dead target answers with DOWN noproc (signal.c). */
+    kiln_deliver_pid(rt, pid, sig);
+    return KILN_OK;
+}
+
+static bool is_down_for(kiln_rt *rt, kiln_msg *m, uint64_t n)
+{
+    kiln_term t = m->root;
+    uint64_t got;
+    kiln_term apid;
+    return m->kind == KILN_MK_USER && kiln_is_tuple(t) && kiln_tuple_arity(t) == 5 &&
+           kiln_tuple_get(t, 0) == KILN_ATOM_DOWN &&
+           kiln_ref_number(rt, kiln_tuple_get(t, 1), &got, &apid) && got == n;
+}
+
+int kiln_demonitor(kiln_term ref, bool flush)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (!p)
+        return KILN_ENOTPROC;
+    kiln_rt *rt = p->rt;
+    uint64_t n;
+    kiln_term apid;
+    if (!kiln_ref_number(rt, ref, &n, &apid))
+        return KILN_EBADARG;
+    struct kiln_monitor mon;
+    if (kiln_monitor_del(p, true, n, &mon) && !kiln_is_none(mon.pid)) {
+        kiln_msg *sig = kiln_signal_new(KILN_MK_DEMONITOR, 8);
+        if (sig) {
+            sig->from = p->pid;
+            sig->aux = kiln_ref_term(sig, rt, n, KILN_NONE);
+            kiln_deliver_pid(rt, mon.pid, sig);
+        }
+    }
+    if (flush) {
+        /* A DOWN that already became a message is removed; later ones are
+         * dropped on arrival because the monitor is gone. */
+        kiln_proc_drain(p);
+        kiln_msg *prev = NULL, *m = p->save_head;
+        while (m) {
+            kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
+            if (is_down_for(rt, m, n)) {
+                if (prev)
+                    atomic_store_explicit(&prev->next, next, memory_order_relaxed);
+                else
+                    p->save_head = next;
+                if (p->save_tail == m)
+                    p->save_tail = prev;
+                p->save_len--;
+                atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+                kiln_msg_free(m);
+            } else {
+                prev = m;
+            }
+            m = next;
+        }
+    }
+    return KILN_OK;
+}

@@ -1,0 +1,96 @@
+/* References and aliases. A local reference is a 64-bit number unique in
+ * this OS process, spread over the first two of its words. An alias also
+ * carries the pid it routes to in words three and four, so sending to an
+ * alias needs no global table: the receiver checks that the alias is still
+ * active when it drains the message. */
+#include "alloc.h"
+#include "rt.h"
+
+#define KILN_REF_BLOCK 4096u
+#define KILN_ALIAS_MARK 0x80000000u
+
+static _Atomic uint64_t ref_counter = 1;
+static _Thread_local uint64_t tl_next, tl_end;
+
+uint64_t kiln_ref_next(kiln_rt *rt)
+{
+    (void)rt;
+    /* Threads take blocks so make_ref does not bounce one cache line. */
+    if (tl_next == tl_end) {
+        tl_next = atomic_fetch_add_explicit(&ref_counter, KILN_REF_BLOCK, memory_order_relaxed);
+        tl_end = tl_next + KILN_REF_BLOCK;
+    }
+    return tl_next++;
+}
+
+kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pid)
+{
+    uint32_t w[4] = {(uint32_t)n, (uint32_t)(n >> 32), 0, 0};
+    size_t nw = 3;
+    if (!kiln_is_none(alias_pid)) {
+        w[2] = kiln_local_pid_id(alias_pid);
+        w[3] = kiln_local_pid_serial(alias_pid) | KILN_ALIAS_MARK;
+        nw = 4;
+    }
+    return kiln_ref(m, rt->node, rt->creation, w, nw);
+}
+
+bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid)
+{
+    kiln_term node;
+    uint32_t creation, w[5];
+    size_t nw = 5;
+    *alias_pid = KILN_NONE;
+    if (!kiln_is_ref(ref) || kiln_get_ref(ref, &node, &creation, w, &nw) != KILN_OK)
+        return false;
+    if (node != rt->node || creation != rt->creation || nw < 3)
+        return false;
+    *n = (uint64_t)w[0] | ((uint64_t)w[1] << 32);
+    if (nw == 4 && (w[3] & KILN_ALIAS_MARK))
+        *alias_pid = kiln_local_pid(w[2], w[3] & ~KILN_ALIAS_MARK);
+    return true;
+}
+
+kiln_term kiln_make_ref(kiln_msg *m)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!rt || !m)
+        return KILN_NONE;
+    return kiln_ref_term(m, rt, kiln_ref_next(rt), KILN_NONE);
+}
+
+int kiln_alias(bool reply_once, kiln_msg *ref_msg, kiln_term *alias)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (!p)
+        return KILN_ENOTPROC;
+    if (!ref_msg || !alias)
+        return KILN_EINVAL;
+    struct kiln_proc_ext *e = kiln_proc_ext(p);
+    uint64_t n = kiln_ref_next(p->rt);
+    kiln_term t = kiln_ref_term(ref_msg, p->rt, n, p->pid);
+    uint64_t entry = n | (reply_once ? (1ull << 63) : 0);
+    if (!e || kiln_is_none(t) || !kiln_vec_push(&e->aliases, &entry, sizeof(entry)))
+        return KILN_ENOMEM;
+    *alias = t;
+    return KILN_OK;
+}
+
+int kiln_unalias(kiln_term alias)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (!p)
+        return KILN_ENOTPROC;
+    uint64_t n;
+    kiln_term apid;
+    if (!kiln_ref_number(p->rt, alias, &n, &apid) || apid != p->pid || !p->ext)
+        return KILN_EBADARG;
+    uint64_t *a = p->ext->aliases.items;
+    for (uint32_t i = 0; i < p->ext->aliases.len; i++) {
+        if ((a[i] & ~(1ull << 63)) == n) {
+            kiln_vec_remove(&p->ext->aliases, i, sizeof(uint64_t));
+            return KILN_OK;
+        }
+    }
+    return KILN_EBADARG;
+}

@@ -1,0 +1,291 @@
+/* Internal structures shared by the runtime's files: the runtime, its
+ * workers, processes. Nothing here is public API. */
+#ifndef KILN_RUNTIME_RT_H
+#define KILN_RUNTIME_RT_H
+
+#include <ck_epoch.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kiln/process.h"
+#include "kiln/runtime.h"
+#include "kiln/timer.h"
+
+#include "cpu.h"
+#include "fiber.h"
+#include "mailbox.h"
+#include "message.h"
+#include "runqueue.h"
+
+#if defined(__SANITIZE_THREAD__) || defined(KILN_TSAN)
+#include <sanitizer/tsan_interface.h>
+#define KILN_TSAN_RELEASE(a) __tsan_release((void *)(a))
+#define KILN_TSAN_ACQUIRE(a) __tsan_acquire((void *)(a))
+#else
+#define KILN_TSAN_RELEASE(a) ((void)0)
+#define KILN_TSAN_ACQUIRE(a) ((void)0)
+#endif
+
+struct kiln_worker;
+struct kiln_timers;
+
+/* ---- processes ---- */
+
+enum kiln_proc_flag {
+    KILN_PF_TRAP_EXIT = 1u << 0,
+    KILN_PF_FN = 1u << 1,         /* runs a function on its own fiber */
+    KILN_PF_STARTED = 1u << 2,    /* init has run */
+    KILN_PF_EXITING = 1u << 3,
+    KILN_PF_STOP = 1u << 4        /* a handler asked to stop */
+};
+
+/* A link, monitor or alias kept by a process. Remote pids will need
+ * storage; local ones are immediates. */
+struct kiln_monitor {
+    uint64_t ref;       /* the ref's unique number (local refs) */
+    kiln_term pid;      /* the other side */
+    kiln_term name;     /* monitored by name: the atom, else KILN_NONE */
+};
+
+struct kiln_vec {
+    void *items;
+    uint32_t len, cap;
+};
+
+/* Rarely used process state, allocated on first use so an idle process
+ * with no links stays small. */
+struct kiln_proc_ext {
+    struct kiln_vec links;        /* kiln_term pids */
+    struct kiln_vec monitors;     /* struct kiln_monitor: I watch them */
+    struct kiln_vec monitored_by; /* struct kiln_monitor: they watch me */
+    struct kiln_vec aliases;      /* uint64_t ref numbers, high bit = reply_once */
+    kiln_term name;               /* registered name or KILN_NONE; under the proc lock */
+    /* Sizes of the vectors above, readable by other threads (process_info). */
+    _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
+};
+
+/* Status word: a kiln_proc_status, plus this bit while a waiting process
+ * holds a stack (set by the scheduler, which owns it at that moment). */
+#define KILN_PS_STACK_BIT 0x100u
+
+struct kiln_proc {
+    struct kiln_mailbox mb;
+    kiln_term pid;
+    kiln_rt *rt;
+    _Atomic uint32_t status;      /* kiln_proc_status, for process_info */
+    _Atomic uint32_t flags;       /* enum kiln_proc_flag; written by the owner only */
+    atomic_flag lock;             /* guards ext->name against register/exit races */
+    uint32_t recv_gen;            /* receive-timeout generation */
+    const kiln_behaviour *beh;
+    void *state;                  /* behaviour state, or fn argument */
+    void (*fn)(void *);
+    struct kiln_fiber *fiber;     /* held while blocked (and always for fn processes) */
+    kiln_msg *save_head, *save_tail; /* drained, not yet consumed, in order */
+    uint32_t save_len;
+    _Atomic uint32_t queued;      /* user messages in the mailbox and save list */
+    uint32_t max_mailbox;         /* 0 = unbounded; set at spawn, read by senders */
+    uint32_t overflow;            /* kiln_overflow */
+    kiln_msg *current;            /* borrowed message in handle() */
+    kiln_msg *exit_reason;        /* root = reason once stopping */
+    struct kiln_proc_ext *_Atomic ext; /* written once by the owner, read by process_info */
+    void *init_arg;
+    ck_epoch_entry_t epoch_entry;
+    struct kiln_proc *grave_next;
+};
+
+/* ---- workers ---- */
+
+enum kiln_verdict {
+    KILN_V_IDLE,     /* wants to sleep: scheduler tries to mark the mailbox idle */
+    KILN_V_YIELD,    /* budget used up, still has work */
+    KILN_V_YIELD_STACK, /* kiln_yield inside a handler: keeps its stack, requeued */
+    KILN_V_BLOCKED,  /* blocked in a receive: keeps its fiber, sleeps like IDLE */
+    KILN_V_EXITED    /* gone: its fiber (if it was its own) is to be recycled */
+};
+
+struct kiln_worker {
+    struct kiln_runq runq;
+    _Alignas(KILN_CACHELINE) _Atomic(struct kiln_proc *) runnext;
+    kiln_rt *rt;
+    unsigned index;
+    pthread_t thread;
+    struct kiln_fiber sched;          /* the thread's own stack */
+    struct kiln_fiber *run_fiber;     /* stack lent to stackless handlers */
+    struct kiln_fiber *cur_fiber;     /* fiber running right now */
+    struct kiln_fiber *stack_pool;    /* spare stacks */
+    unsigned stack_pool_len;
+    struct kiln_proc *running;
+    enum kiln_verdict verdict;
+    bool spinning;
+    uint32_t tick;
+    uint64_t rng;
+    _Atomic uint32_t parked;          /* futex word: 1 while asleep */
+    struct kiln_worker *idle_next;
+    ck_epoch_record_t epoch;
+    struct kiln_proc *graveyard;      /* exited, grace period over: to free */
+    struct kiln_timers *timers;
+    uint64_t steals, parks, global_pops, long_schedules;
+};
+
+/* ---- the runtime ---- */
+
+struct kiln_gq { /* global run queue: a growable ring under a mutex */
+    pthread_mutex_t lock;
+    struct kiln_proc **buf;
+    size_t cap, head, len;
+    _Atomic size_t approx_len;
+};
+
+struct kiln_rt {
+    kiln_rt_config cfg;
+    unsigned nworkers;
+    struct kiln_worker *workers;
+    struct kiln_gq global;
+    _Atomic int stopping;             /* workers leave their loops */
+    _Atomic int closing;              /* spawns are refused (rt_stop began) */
+
+    /* parking */
+    pthread_mutex_t idle_lock;
+    struct kiln_worker *idle;
+    _Atomic unsigned nidle;
+    _Atomic unsigned nspinning;
+    _Atomic uint64_t wakeups;
+
+    /* process table: slot per id; pids carry a serial so dead ones never match */
+    size_t max_procs;
+    _Atomic(struct kiln_proc *) *slots;
+    uint32_t *serials;
+    _Atomic uint32_t next_fresh_id;
+    pthread_mutex_t free_ids_lock;
+    uint32_t *free_ids;
+    size_t free_ids_len;
+    _Atomic size_t live;
+    _Atomic uint64_t spawned, exited;
+    pthread_mutex_t live_lock;        /* kiln_rt_wait_idle */
+    pthread_cond_t live_cond;
+
+    /* registered names: atom index -> pid, lock-free reads */
+    _Atomic(kiln_term) *names;
+    size_t names_cap;
+
+    ck_epoch_t epoch;
+    pthread_mutex_t foreign_lock;     /* non-worker threads share one epoch record */
+    ck_epoch_record_t foreign_epoch;
+    int tsan_epoch_sync;              /* address for TSan happens-before of epoch frees */
+
+    kiln_term node;
+    uint32_t creation;
+
+    struct kiln_blocking_pool *blocking;
+    _Atomic uint64_t stacks_in_use;
+};
+
+/* ---- thread-local context ---- */
+
+struct kiln_worker *kiln_current_worker(void);
+struct kiln_proc *kiln_current_proc(void);
+void kiln_set_current_worker(struct kiln_worker *w);
+
+/* ---- scheduler.c ---- */
+int kiln_sched_start(kiln_rt *rt);
+void kiln_sched_stop(kiln_rt *rt);
+/* Make p runnable (it must not be queued or running anywhere). */
+void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next);
+/* Called by a process on its fiber: give the CPU back with a verdict. Returns
+ * when the process is resumed (for BLOCKED/YIELD). */
+void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v);
+void kiln_sched_wake_one(kiln_rt *rt);
+void kiln_sched_kick_worker(struct kiln_worker *w);
+
+/* ---- proc_table.c ---- */
+int kiln_ptab_init(kiln_rt *rt);
+void kiln_ptab_fini(kiln_rt *rt);
+int kiln_ptab_add(kiln_rt *rt, struct kiln_proc *p);
+void kiln_ptab_remove(kiln_rt *rt, struct kiln_proc *p);
+/* Caller must be inside an epoch section (kiln_epoch_enter). */
+struct kiln_proc *kiln_ptab_lookup(kiln_rt *rt, kiln_term pid);
+
+/* ---- epoch.c: safe reclamation of process structs ---- */
+void kiln_epoch_enter(kiln_rt *rt);
+void kiln_epoch_exit(kiln_rt *rt);
+void kiln_epoch_retire_proc(kiln_rt *rt, struct kiln_proc *p);
+void kiln_epoch_poll(struct kiln_worker *w);
+void kiln_epoch_drain_all(kiln_rt *rt);
+
+/* ---- process.c ---- */
+/* Push a message or signal to p and schedule it if it was idle. */
+int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
+/* Deliver to a pid: looks it up; a dead target frees m (returns ENOPROC
+ * and calls on_dead(m) first when given, for signals that need answers). */
+int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);
+/* The process's body on a fiber, and its exit. */
+void kiln_proc_fiber_main(void *arg);
+/* Run up to the batch budget of a behaviour process's messages. */
+enum kiln_verdict kiln_proc_run_batch(struct kiln_proc *p);
+_Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg);
+void kiln_proc_free(struct kiln_proc *p);
+struct kiln_proc_ext *kiln_proc_ext(struct kiln_proc *p);
+void kiln_proc_lock(struct kiln_proc *p);
+void kiln_proc_unlock(struct kiln_proc *p);
+
+/* ---- signal.c ---- */
+/* Take the next message for p from its save list or its mailbox, handling
+ * signals on the way (which may end the process). Returns NULL when none. */
+kiln_msg *kiln_proc_next_message(struct kiln_proc *p);
+/* Move everything queued in the mailbox into the save list (signals handled). */
+void kiln_proc_drain(struct kiln_proc *p);
+/* Answer signals that reached a process after it died. */
+void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m);
+void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason);
+kiln_msg *kiln_exit_signal_new(enum kiln_msg_kind kind, kiln_term from, kiln_term reason);
+kiln_msg *kiln_down_signal_new(kiln_rt *rt, uint64_t ref, kiln_term from, kiln_term reason);
+int kiln_send_signal(kiln_rt *rt, kiln_term to, kiln_msg *sig);
+bool kiln_vec_push(struct kiln_vec *v, const void *item, size_t size);
+bool kiln_link_add(struct kiln_proc *p, kiln_term pid);
+bool kiln_link_del(struct kiln_proc *p, kiln_term pid);
+bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor *m);
+bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_monitor *out);
+void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size);
+void kiln_vec_free(struct kiln_vec *v);
+
+/* ---- receive.c ---- */
+typedef bool (*kiln_msg_match_fn)(kiln_msg *m, void *arg);
+int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out);
+void kiln_save_append(struct kiln_proc *p, kiln_msg *m);
+
+/* ---- ref.c ---- */
+uint64_t kiln_ref_next(kiln_rt *rt);
+kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pid);
+/* The unique number of a local ref, and the pid an alias ref routes to. */
+bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid);
+
+/* ---- registry.c ---- */
+int kiln_registry_init(kiln_rt *rt);
+void kiln_registry_fini(kiln_rt *rt);
+void kiln_registry_drop(kiln_rt *rt, kiln_term name, kiln_term pid);
+
+/* ---- timer.c ---- */
+int kiln_timers_init(struct kiln_worker *w);
+void kiln_timers_fini(struct kiln_worker *w);
+/* Fire due timers; returns ms until the next one (UINT64_MAX if none). */
+uint64_t kiln_timers_run(struct kiln_worker *w, uint64_t now);
+/* Schedule a receive timeout for p: delivers KILN_MK_TIMEOUT(gen). */
+int kiln_timer_receive_timeout(kiln_rt *rt, kiln_term pid, uint32_t gen, uint64_t ms, kiln_timer *out);
+
+/* ---- blocking.c ---- */
+int kiln_blocking_init(kiln_rt *rt);
+void kiln_blocking_fini(kiln_rt *rt);
+
+/* ---- stack_pool.c ---- */
+struct kiln_fiber *kiln_stack_get(struct kiln_worker *w);
+void kiln_stack_put(struct kiln_worker *w, struct kiln_fiber *f);
+void kiln_stack_pool_fini(struct kiln_worker *w);
+
+/* ---- guard.c ---- */
+void kiln_guard_install(void);
+void kiln_guard_thread_init(void);
+void kiln_guard_thread_fini(void);
+
+#endif

@@ -1,0 +1,514 @@
+/* The M:N scheduler: one worker thread per core, each with a local run
+ * queue and a runnext slot; a global queue for overflow and foreign
+ * threads; idle workers steal half a victim's queue, spin, then park on a
+ * futex. Wake-ups are targeted: at most one spinning worker at a time is
+ * woken to look for new work (Go's wakep rule). */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "rt.h"
+
+/* Read through a call the compiler cannot see into: a process may block
+ * on one worker and resume on another, so a TLS address must never be
+ * cached across a switch. */
+static _Thread_local struct kiln_worker *tls_worker;
+
+__attribute__((noinline)) struct kiln_worker *kiln_current_worker(void)
+{
+    __asm__ __volatile__("" ::: "memory");
+    return tls_worker;
+}
+
+void kiln_set_current_worker(struct kiln_worker *w) { tls_worker = w; }
+
+__attribute__((noinline)) struct kiln_proc *kiln_current_proc(void)
+{
+    __asm__ __volatile__("" ::: "memory");
+    struct kiln_worker *w = tls_worker;
+    return w ? w->running : NULL;
+}
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, (uint32_t *)addr, op | FUTEX_PRIVATE_FLAG, val, ts, NULL, 0);
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* ---- global queue ---- */
+
+static bool gq_push_locked(struct kiln_gq *q, struct kiln_proc *p)
+{
+    if (q->len == q->cap) {
+        size_t ncap = q->cap ? q->cap * 2 : 1024;
+        struct kiln_proc **nb = kiln_malloc(ncap * sizeof(*nb));
+        if (!nb)
+            return false;
+        for (size_t i = 0; i < q->len; i++)
+            nb[i] = q->buf[(q->head + i) % q->cap];
+        kiln_free(q->buf);
+        q->buf = nb;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->buf[(q->head + q->len) % q->cap] = p;
+    q->len++;
+    atomic_store_explicit(&q->approx_len, q->len, memory_order_release);
+    return true;
+}
+
+static void gq_push_batch(kiln_rt *rt, struct kiln_proc **ps, size_t n)
+{
+    pthread_mutex_lock(&rt->global.lock);
+    for (size_t i = 0; i < n; i++) {
+        /* Growing the queue failed: there is no memory to keep a runnable
+         * process anywhere, and dropping it would hang it forever. */
+        if (!gq_push_locked(&rt->global, ps[i])) {
+            fprintf(stderr, "kiln: out of memory growing the global run queue\n");
+            abort();
+        }
+    }
+    pthread_mutex_unlock(&rt->global.lock);
+}
+
+/* Take one process to run and move a fair share of the rest into w's queue. */
+static struct kiln_proc *gq_pop(kiln_rt *rt, struct kiln_worker *w)
+{
+    if (atomic_load_explicit(&rt->global.approx_len, memory_order_acquire) == 0)
+        return NULL;
+    pthread_mutex_lock(&rt->global.lock);
+    struct kiln_gq *q = &rt->global;
+    if (q->len == 0) {
+        pthread_mutex_unlock(&q->lock);
+        return NULL;
+    }
+    size_t n = q->len / rt->nworkers + 1;
+    if (n > KILN_RUNQ_SIZE / 2)
+        n = KILN_RUNQ_SIZE / 2;
+    if (n > q->len)
+        n = q->len;
+    struct kiln_proc *first = q->buf[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    for (size_t i = 1; i < n; i++) {
+        if (!kiln_runq_push(&w->runq, q->buf[q->head]))
+            break;
+        q->head = (q->head + 1) % q->cap;
+        q->len--;
+    }
+    atomic_store_explicit(&q->approx_len, q->len, memory_order_release);
+    pthread_mutex_unlock(&q->lock);
+    w->global_pops++;
+    return first;
+}
+
+/* ---- parking ---- */
+
+static void idle_remove_locked(kiln_rt *rt, struct kiln_worker *w)
+{
+    for (struct kiln_worker **pp = &rt->idle; *pp; pp = &(*pp)->idle_next) {
+        if (*pp == w) {
+            *pp = w->idle_next;
+            w->idle_next = NULL;
+            atomic_fetch_sub(&rt->nidle, 1);
+            return;
+        }
+    }
+}
+
+void kiln_sched_kick_worker(struct kiln_worker *w)
+{
+    kiln_rt *rt = w->rt;
+    pthread_mutex_lock(&rt->idle_lock);
+    bool was_parked = atomic_load(&w->parked) == 1;
+    if (was_parked) {
+        idle_remove_locked(rt, w);
+        atomic_store(&w->parked, 0);
+    }
+    pthread_mutex_unlock(&rt->idle_lock);
+    if (was_parked)
+        futex(&w->parked, FUTEX_WAKE, 1, NULL);
+}
+
+void kiln_sched_wake_one(kiln_rt *rt)
+{
+    if (atomic_load(&rt->nidle) == 0)
+        return;
+    unsigned zero = 0;
+    /* Someone already looks for work: it will find this too. */
+    if (!atomic_compare_exchange_strong(&rt->nspinning, &zero, 1))
+        return;
+    pthread_mutex_lock(&rt->idle_lock);
+    struct kiln_worker *w = rt->idle;
+    if (w) {
+        rt->idle = w->idle_next;
+        w->idle_next = NULL;
+        atomic_fetch_sub(&rt->nidle, 1);
+        w->spinning = true; /* counted in nspinning on its behalf */
+        atomic_store(&w->parked, 0);
+    }
+    pthread_mutex_unlock(&rt->idle_lock);
+    if (!w) {
+        atomic_fetch_sub(&rt->nspinning, 1);
+        return;
+    }
+    atomic_fetch_add_explicit(&rt->wakeups, 1, memory_order_relaxed);
+    futex(&w->parked, FUTEX_WAKE, 1, NULL);
+}
+
+static bool any_work_visible(kiln_rt *rt)
+{
+    if (atomic_load(&rt->global.approx_len) != 0)
+        return true;
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+        struct kiln_worker *v = &rt->workers[i];
+        if (kiln_runq_len(&v->runq) || atomic_load(&v->runnext))
+            return true;
+    }
+    return false;
+}
+
+static void stop_spinning(struct kiln_worker *w)
+{
+    if (w->spinning) {
+        w->spinning = false;
+        atomic_fetch_sub(&w->rt->nspinning, 1);
+    }
+}
+
+static void park(struct kiln_worker *w, uint64_t timeout_ms)
+{
+    kiln_rt *rt = w->rt;
+    pthread_mutex_lock(&rt->idle_lock);
+    atomic_store(&w->parked, 1);
+    w->idle_next = rt->idle;
+    rt->idle = w;
+    atomic_fetch_add(&rt->nidle, 1);
+    pthread_mutex_unlock(&rt->idle_lock);
+
+    /* A producer may have queued work after we last looked but before we
+     * became visible as idle: look once more (seq_cst on both sides). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load(&rt->stopping) && !any_work_visible(rt)) {
+        w->parks++;
+        struct timespec ts, *tsp = NULL;
+        if (timeout_ms != UINT64_MAX) {
+            ts.tv_sec = (time_t)(timeout_ms / 1000);
+            ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+            tsp = &ts;
+        }
+        while (atomic_load(&w->parked) == 1 && !atomic_load(&rt->stopping)) {
+            long r = futex(&w->parked, FUTEX_WAIT, 1, tsp);
+            if (r != 0 && errno == ETIMEDOUT)
+                break;
+        }
+    }
+    pthread_mutex_lock(&rt->idle_lock);
+    if (atomic_load(&w->parked) == 1) {
+        idle_remove_locked(rt, w);
+        atomic_store(&w->parked, 0);
+    }
+    pthread_mutex_unlock(&rt->idle_lock);
+}
+
+/* ---- making processes runnable ---- */
+
+void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next)
+{
+    atomic_store_explicit(&p->status, KILN_PS_RUNNABLE, memory_order_relaxed);
+    struct kiln_worker *w = kiln_current_worker();
+    if (!w || w->rt != rt) {
+        gq_push_batch(rt, &p, 1);
+        kiln_sched_wake_one(rt);
+        return;
+    }
+    if (next) {
+        /* Request/reply pairs stay on this core's cache; the previous
+         * occupant goes to the back of the queue. */
+        p = atomic_exchange_explicit(&w->runnext, p, memory_order_acq_rel);
+        if (!p)
+            return;
+    }
+    if (!kiln_runq_push(&w->runq, p)) {
+        struct kiln_proc *batch[KILN_RUNQ_SIZE / 2 + 1];
+        uint32_t n = kiln_runq_grab_half(&w->runq, batch, KILN_RUNQ_SIZE / 2);
+        batch[n++] = p;
+        gq_push_batch(rt, batch, n);
+    }
+    kiln_sched_wake_one(rt);
+}
+
+/* ---- finding work ---- */
+
+static struct kiln_proc *steal_work(struct kiln_worker *w)
+{
+    kiln_rt *rt = w->rt;
+    unsigned n = rt->nworkers;
+    for (int round = 0; round < 4; round++) {
+        unsigned start = (unsigned)(rng_next(&w->rng) % n);
+        for (unsigned k = 0; k < n; k++) {
+            struct kiln_worker *v = &rt->workers[(start + k) % n];
+            if (v == w)
+                continue;
+            uint32_t got;
+            struct kiln_proc *p = kiln_runq_steal(&w->runq, &v->runq, &got);
+            if (p) {
+                w->steals++;
+                return p;
+            }
+            /* An empty ring but a waiting runnext: the owner is busy with
+             * something long; take it rather than let it wait. */
+            if (round == 3 && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
+                p = atomic_exchange_explicit(&v->runnext, NULL, memory_order_acq_rel);
+                if (p) {
+                    w->steals++;
+                    return p;
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+static struct kiln_proc *find_work(struct kiln_worker *w)
+{
+    kiln_rt *rt = w->rt;
+    for (;;) {
+        if (atomic_load_explicit(&rt->stopping, memory_order_acquire))
+            return NULL;
+        struct kiln_proc *p;
+        /* A periodic look at the global queue keeps two processes that feed
+         * each other from starving everything queued there. */
+        if (++w->tick % 61 == 0 && (p = gq_pop(rt, w)))
+            return p;
+        if ((p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
+            return p;
+        if ((p = kiln_runq_pop(&w->runq)))
+            return p;
+        if ((p = gq_pop(rt, w)))
+            return p;
+
+        uint64_t next_timer = kiln_timers_run(w, kiln_now_ms());
+        if (kiln_runq_len(&w->runq) || atomic_load(&w->runnext))
+            continue;
+        kiln_epoch_poll(w);
+
+        if (!w->spinning) {
+            /* Spin only while fewer than half the busy workers already do. */
+            unsigned busy = rt->nworkers - atomic_load(&rt->nidle);
+            if (2 * atomic_load(&rt->nspinning) < busy || atomic_load(&rt->nspinning) == 0) {
+                w->spinning = true;
+                atomic_fetch_add(&rt->nspinning, 1);
+            }
+        }
+        if (w->spinning) {
+            p = steal_work(w);
+            if (p) {
+                /* The last spinner found work: hand the search to another. */
+                bool last = atomic_fetch_sub(&rt->nspinning, 1) == 1;
+                w->spinning = false;
+                if (last)
+                    kiln_sched_wake_one(rt);
+                return p;
+            }
+            for (int i = 0; i < 64; i++)
+                kiln_cpu_relax();
+            if (kiln_runq_len(&w->runq) || atomic_load(&w->runnext) || atomic_load(&rt->global.approx_len))
+                continue;
+        }
+        stop_spinning(w);
+        park(w, next_timer);
+    }
+}
+
+/* ---- running a process ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The body of a worker's lent stack: run the current process's batch,
+ * report, repeat. It may resume on another worker after a block, so the
+ * worker is read afresh every time. */
+static void run_fiber_main(void *arg)
+{
+    kiln_fiber_started(arg);
+    for (;;) {
+        struct kiln_worker *w = kiln_current_worker();
+        struct kiln_proc *p = w->running;
+        enum kiln_verdict v = kiln_proc_run_batch(p);
+        kiln_sched_switch_out(p, v);
+    }
+}
+
+void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v)
+{
+    struct kiln_worker *w = kiln_current_worker();
+    w->verdict = v;
+    if (v == KILN_V_BLOCKED || v == KILN_V_YIELD_STACK || (p->flags & KILN_PF_FN))
+        p->fiber = w->cur_fiber;
+    else
+        p->fiber = NULL;
+    kiln_fiber_jump(w->cur_fiber, &w->sched, false);
+}
+
+static struct kiln_fiber *lend_run_fiber(struct kiln_worker *w)
+{
+    if (!w->run_fiber) {
+        struct kiln_fiber *f = kiln_stack_get(w);
+        if (!f)
+            return NULL;
+        kiln_fiber_prepare(f, run_fiber_main, f);
+        w->run_fiber = f;
+    }
+    return w->run_fiber;
+}
+
+static void run_process(struct kiln_worker *w, struct kiln_proc *p)
+{
+    kiln_rt *rt = w->rt;
+    struct kiln_fiber *f = p->fiber;
+    bool fresh_fn = false;
+    if (!f && (p->flags & KILN_PF_FN)) {
+        f = kiln_stack_get(w);
+        fresh_fn = true;
+        if (f) {
+            kiln_fiber_prepare(f, kiln_proc_fiber_main, p);
+            p->fiber = f;
+            atomic_fetch_add_explicit(&rt->stacks_in_use, 1, memory_order_relaxed);
+        }
+    } else if (!f) {
+        f = lend_run_fiber(w);
+    }
+    if (!f) {
+        /* No memory for a stack: try again later rather than lose it. */
+        fprintf(stderr, "kiln: no stack for process <0.%u.%u>; retrying\n",
+                kiln_local_pid_id(p->pid), kiln_local_pid_serial(p->pid));
+        (void)fresh_fn;
+        kiln_sched_ready(rt, p, false);
+        return;
+    }
+    bool own = (p->fiber == f);
+    w->running = p;
+    w->cur_fiber = f;
+    atomic_store_explicit(&p->status, KILN_PS_RUNNING, memory_order_relaxed);
+    uint64_t t0 = rt->cfg.long_schedule_ms ? now_ns() : 0;
+
+    kiln_fiber_jump(&w->sched, f, false);
+
+    w->running = NULL;
+    w->cur_fiber = NULL;
+    enum kiln_verdict v = w->verdict;
+    if (t0) {
+        uint64_t ms = (now_ns() - t0) / 1000000u;
+        if (ms >= rt->cfg.long_schedule_ms) {
+            w->long_schedules++;
+            /* p is retired at most, not freed: we are inside the epoch section. */
+            if (rt->cfg.long_schedule)
+                rt->cfg.long_schedule(rt, p->pid, ms, rt->cfg.long_schedule_arg);
+        }
+    }
+
+    if (v == KILN_V_EXITED) {
+        /* The process is gone; its stack holds abandoned frames. */
+        if (f == w->run_fiber)
+            kiln_fiber_prepare(f, run_fiber_main, f);
+        else {
+            kiln_stack_put(w, f);
+            atomic_fetch_sub_explicit(&rt->stacks_in_use, 1, memory_order_relaxed);
+        }
+        return;
+    }
+    /* Settle who owns the stack that just ran. */
+    if (p->fiber == f) {
+        if (f == w->run_fiber) {
+            w->run_fiber = NULL;
+            atomic_fetch_add_explicit(&rt->stacks_in_use, 1, memory_order_relaxed);
+        }
+    } else if (own || f != w->run_fiber) {
+        /* A resumed process finished its handler on its own stack: that
+         * stack now sits in run_fiber_main, ready to serve as a run stack. */
+        atomic_fetch_sub_explicit(&rt->stacks_in_use, 1, memory_order_relaxed);
+        if (!w->run_fiber)
+            w->run_fiber = f;
+        else
+            kiln_stack_put(w, f);
+    }
+
+    if (v == KILN_V_YIELD || v == KILN_V_YIELD_STACK) {
+        kiln_sched_ready(rt, p, false);
+        return;
+    }
+    /* IDLE or BLOCKED: sleep unless something arrived meanwhile. Done here,
+     * off the process's stack, so a sender that wakes it cannot resume the
+     * stack while it is still in use. */
+    atomic_store_explicit(&p->status, KILN_PS_WAITING | (p->fiber ? KILN_PS_STACK_BIT : 0), memory_order_relaxed);
+    if (!kiln_mb_try_idle(&p->mb))
+        kiln_sched_ready(rt, p, false);
+}
+
+static void *worker_main(void *arg)
+{
+    struct kiln_worker *w = arg;
+    kiln_set_current_worker(w);
+    kiln_fiber_init_thread(&w->sched);
+    kiln_guard_thread_init();
+    for (;;) {
+        struct kiln_proc *p = find_work(w);
+        if (!p)
+            break;
+        kiln_epoch_enter(w->rt);
+        run_process(w, p);
+        kiln_epoch_exit(w->rt);
+    }
+    stop_spinning(w);
+    kiln_guard_thread_fini();
+    kiln_fiber_fini_thread(&w->sched);
+    kiln_set_current_worker(NULL);
+    return NULL;
+}
+
+int kiln_sched_start(kiln_rt *rt)
+{
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+        struct kiln_worker *w = &rt->workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            atomic_store(&rt->stopping, 1);
+            for (unsigned j = 0; j < i; j++) {
+                kiln_sched_kick_worker(&rt->workers[j]);
+                pthread_join(rt->workers[j].thread, NULL);
+            }
+            return KILN_ESYS;
+        }
+    }
+    return KILN_OK;
+}
+
+void kiln_sched_stop(kiln_rt *rt)
+{
+    atomic_store(&rt->stopping, 1);
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+        struct kiln_worker *w = &rt->workers[i];
+        atomic_store(&w->parked, 0);
+        futex(&w->parked, FUTEX_WAKE, INT_MAX, NULL);
+    }
+    for (unsigned i = 0; i < rt->nworkers; i++)
+        pthread_join(rt->workers[i].thread, NULL);
+}

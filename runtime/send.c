@@ -1,0 +1,70 @@
+/* Routing a message to its destination: a pid, a registered name, an
+ * alias, or {Name, Node}. Remote destinations belong to the distribution
+ * layer, which installs itself through kiln_rt_set_remote_router. */
+#include "alloc.h"
+#include "rt.h"
+
+int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)
+{
+    if (!msg)
+        return KILN_EINVAL;
+    if (!rt) {
+        kiln_msg_free(msg);
+        return KILN_EINVAL;
+    }
+    msg->kind = KILN_MK_USER;
+    if (kiln_is_local_pid(to)) {
+        /* A dead pid is not an error: Erlang drops the message silently. */
+        int rc = kiln_deliver_pid(rt, to, msg);
+        return rc == KILN_ENOPROC ? KILN_OK : rc;
+    }
+    if (kiln_is_atom(to)) {
+        kiln_term pid = kiln_whereis(rt, to);
+        if (kiln_is_none(pid)) {
+            kiln_msg_free(msg);
+            return KILN_EBADARG;
+        }
+        int rc = kiln_deliver_pid(rt, pid, msg);
+        return rc == KILN_ENOPROC ? KILN_OK : rc;
+    }
+    if (kiln_is_ref(to)) {
+        uint64_t n;
+        kiln_term pid;
+        if (!kiln_ref_number(rt, to, &n, &pid) || kiln_is_none(pid)) {
+            /* Not an alias of this node: dropped, as Erlang does. */
+            kiln_msg_free(msg);
+            return KILN_OK;
+        }
+        msg->kind = KILN_MK_ALIAS_MSG;
+        msg->aux = kiln_term_copy(msg, to);
+        if (kiln_is_none(msg->aux)) {
+            kiln_msg_free(msg);
+            return KILN_ENOMEM;
+        }
+        int rc = kiln_deliver_pid(rt, pid, msg);
+        return rc == KILN_ENOPROC ? KILN_OK : rc;
+    }
+    if (kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_is_atom(kiln_tuple_get(to, 0)) &&
+        kiln_is_atom(kiln_tuple_get(to, 1))) {
+        if (kiln_tuple_get(to, 1) == rt->node)
+            return kiln_rt_send(rt, kiln_tuple_get(to, 0), msg);
+        kiln_msg_free(msg);
+        return KILN_ENOTSUP; /* remote nodes: distribution layer */
+    }
+    kiln_msg_free(msg);
+    return kiln_is_pid(to) ? KILN_ENOTSUP : KILN_EBADARG;
+}
+
+int kiln_send(kiln_term to, kiln_msg *msg)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!rt) {
+        kiln_msg_free(msg);
+        return KILN_ENOTPROC;
+    }
+    struct kiln_proc *p = kiln_current_proc();
+    /* Forwarding the borrowed message: the handler no longer owns it. */
+    if (p->current == msg)
+        p->current = NULL;
+    return kiln_rt_send(rt, to, msg);
+}

@@ -1,0 +1,81 @@
+/* Internal layout of boxed terms and the helpers the term files share.
+ * The public header fixes the tag scheme and the header word; this file
+ * fixes what follows the header for the boxes whose payload is not plain
+ * words (binaries, funs) and declares cross-file helpers. */
+#ifndef KILN_RUNTIME_TERM_LAYOUT_H
+#define KILN_RUNTIME_TERM_LAYOUT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "kiln/term.h"
+#include "message.h"
+
+/* The size field of a header is 56 bits wide. */
+#define KILN_HEADER_SIZE_MAX (UINT64_MAX >> 8)
+
+static inline uint64_t kiln_make_header(uint64_t size, unsigned subtag)
+{
+    return (size << 8) | (uint64_t)subtag;
+}
+
+static inline kiln_term kiln_box_term(const kiln_term *p) { return (kiln_term)(uintptr_t)p; }
+static inline kiln_term kiln_cons_term(const kiln_term *p) { return (kiln_term)(uintptr_t)p | KILN_TAG_CONS; }
+static inline const kiln_term *kiln_cons_ptr(kiln_term c) { return (const kiln_term *)(uintptr_t)(c - KILN_TAG_CONS); }
+
+/* A refcounted blob. The bytes follow the header so one allocation holds both. */
+struct kiln_bin {
+    _Atomic size_t refc;
+    size_t len;
+    uint8_t data[];
+};
+
+/* KILN_SUB_BINARY. Small bitstrings (< KILN_REFC_BIN_MIN bytes) keep their
+ * bytes in the arena right after the box (owner == NULL, header size counts
+ * those words too); larger ones point into a kiln_bin the box holds one
+ * reference to, and the box is chained on its message's offheap list so
+ * freeing the message drops the reference. Bits past nbits in the last byte
+ * are always zero, which lets comparison and hashing work on whole bytes. */
+struct kiln_binary_box {
+    uint64_t header;
+    uint64_t nbits;
+    const uint8_t *data;
+    struct kiln_bin *owner;
+    struct kiln_binary_box *next_offheap;
+};
+#define KILN_BINARY_BOX_WORDS (sizeof(struct kiln_binary_box) / 8)
+
+static inline const struct kiln_binary_box *kiln_binary_box(kiln_term t)
+{
+    return (const struct kiln_binary_box *)(uintptr_t)t;
+}
+
+/* KILN_SUB_FUN: the NEW_FUN_EXT bytes verbatim (Size field first), plus the
+ * fields printing and ordering need, parsed once at construction. */
+struct kiln_fun_box {
+    uint64_t header;
+    uint64_t len;      /* bytes in ext[] */
+    kiln_term module;  /* atom, or KILN_NONE if the module could not be parsed */
+    uint32_t arity;
+    uint32_t index;    /* OldIndex */
+    int64_t old_uniq;  /* OldUniq */
+    uint8_t ext[];
+};
+#define KILN_FUN_BOX_WORDS (sizeof(struct kiln_fun_box) / 8)
+
+static inline const struct kiln_fun_box *kiln_fun_box(kiln_term t)
+{
+    return (const struct kiln_fun_box *)(uintptr_t)t;
+}
+
+/* Copy a bitstring term into m: refcounted bytes are shared (incref),
+ * inline bytes are copied. binary.c. */
+kiln_term kiln_binary_copy(kiln_msg *m, kiln_term bits);
+
+/* The node local pids belong to, for ordering local against remote pids
+ * (default 'nonode@nohost', creation 0). The runtime sets it when it starts
+ * distribution; term_compare.c. */
+void kiln_term_set_local_node(kiln_term node, uint32_t creation);
+kiln_term kiln_term_local_node(uint32_t *creation);
+
+#endif
