@@ -50,13 +50,30 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_result = KILN_ENOMEM;
 static ck_hs_t atom_set;
 
-kiln_term KILN_ATOM_TRUE = KILN_NONE, KILN_ATOM_FALSE = KILN_NONE, KILN_ATOM_OK = KILN_NONE,
-          KILN_ATOM_ERROR = KILN_NONE, KILN_ATOM_UNDEFINED = KILN_NONE, KILN_ATOM_NORMAL = KILN_NONE,
-          KILN_ATOM_KILL = KILN_NONE, KILN_ATOM_KILLED = KILN_NONE, KILN_ATOM_NOPROC = KILN_NONE,
-          KILN_ATOM_NOCONNECTION = KILN_NONE, KILN_ATOM_EXIT = KILN_NONE, KILN_ATOM_DOWN = KILN_NONE,
-          KILN_ATOM_PROCESS = KILN_NONE, KILN_ATOM_TIMEOUT = KILN_NONE, KILN_ATOM_NONODE = KILN_NONE,
-          KILN_ATOM_GEN_CALL = KILN_NONE, KILN_ATOM_GEN_CAST = KILN_NONE, KILN_ATOM_ALIAS = KILN_NONE,
-          KILN_ATOM_BADARG = KILN_NONE, KILN_ATOM_SHUTDOWN = KILN_NONE;
+/* The built-in atoms are the first ones made, in this order, so their
+ * values are known before the table exists: a term built before anything
+ * calls kiln_atoms_init still holds the right atom. */
+#define BUILTIN(i) (((kiln_term)(i) << 3) | KILN_TAG_ATOM)
+kiln_term KILN_ATOM_TRUE = BUILTIN(0),
+          KILN_ATOM_FALSE = BUILTIN(1),
+          KILN_ATOM_OK = BUILTIN(2),
+          KILN_ATOM_ERROR = BUILTIN(3),
+          KILN_ATOM_UNDEFINED = BUILTIN(4),
+          KILN_ATOM_NORMAL = BUILTIN(5),
+          KILN_ATOM_KILL = BUILTIN(6),
+          KILN_ATOM_KILLED = BUILTIN(7),
+          KILN_ATOM_NOPROC = BUILTIN(8),
+          KILN_ATOM_NOCONNECTION = BUILTIN(9),
+          KILN_ATOM_EXIT = BUILTIN(10),
+          KILN_ATOM_DOWN = BUILTIN(11),
+          KILN_ATOM_PROCESS = BUILTIN(12),
+          KILN_ATOM_TIMEOUT = BUILTIN(13),
+          KILN_ATOM_NONODE = BUILTIN(14),
+          KILN_ATOM_GEN_CALL = BUILTIN(15),
+          KILN_ATOM_GEN_CAST = BUILTIN(16),
+          KILN_ATOM_ALIAS = BUILTIN(17),
+          KILN_ATOM_BADARG = BUILTIN(18),
+          KILN_ATOM_SHUTDOWN = BUILTIN(19);
 
 /* ---- ck_hs callbacks ---- */
 
@@ -235,12 +252,10 @@ static int insert_locked(const char *utf8, size_t len, uint32_t *index)
     return KILN_OK;
 }
 
-static kiln_term make_builtin(const char *s)
+static bool make_builtin(const char *s, kiln_term expect)
 {
     uint32_t i;
-    if (insert_locked(s, strlen(s), &i) != KILN_OK)
-        return KILN_NONE;
-    return kiln_atom_from_index(i);
+    return insert_locked(s, strlen(s), &i) == KILN_OK && kiln_atom_from_index(i) == expect;
 }
 
 static void init_table(void)
@@ -253,7 +268,7 @@ static void init_table(void)
         return;
     }
     static const struct {
-        kiln_term *var;
+        const kiln_term *var;
         const char *name;
     } builtins[] = {
         {&KILN_ATOM_TRUE, "true"}, {&KILN_ATOM_FALSE, "false"}, {&KILN_ATOM_OK, "ok"},
@@ -268,8 +283,7 @@ static void init_table(void)
     _Static_assert(sizeof builtins / sizeof builtins[0] == BUILTIN_ATOMS, "BUILTIN_ATOMS");
     int rc = KILN_OK;
     for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++) {
-        *builtins[i].var = make_builtin(builtins[i].name);
-        if (*builtins[i].var == KILN_NONE)
+        if (!make_builtin(builtins[i].name, *builtins[i].var))
             rc = KILN_ENOMEM;
     }
     init_result = rc;
@@ -341,8 +355,12 @@ const char *kiln_atom_text(kiln_term atom, size_t *len)
     if (i >= ATOMS_MAX)
         return NULL;
     struct atom_entry *chunk = atomic_load_explicit(&chunks[i >> CHUNK_BITS], memory_order_acquire);
-    if (!chunk)
-        return NULL;
+    if (!chunk) {
+        /* A built-in atom used before anything made the table. */
+        if (i >= BUILTIN_ATOMS || kiln_atoms_init() != KILN_OK)
+            return NULL;
+        chunk = atomic_load_explicit(&chunks[0], memory_order_acquire);
+    }
     struct atom_entry *e = &chunk[i & (CHUNK_SIZE - 1)];
     const char *text = atomic_load_explicit(&e->text, memory_order_acquire);
     if (!text)

@@ -5,6 +5,7 @@
 #include "fiber.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -33,10 +34,14 @@ void kiln_fiber_trampoline(void);
 
 static size_t page_size(void)
 {
-    static size_t ps;
-    if (!ps)
-        ps = (size_t)sysconf(_SC_PAGESIZE);
-    return ps;
+    /* Benign if two threads race to fill it, but keep it a real atomic. */
+    static _Atomic size_t ps;
+    size_t v = atomic_load_explicit(&ps, memory_order_relaxed);
+    if (!v) {
+        v = (size_t)sysconf(_SC_PAGESIZE);
+        atomic_store_explicit(&ps, v, memory_order_relaxed);
+    }
+    return v;
 }
 
 void kiln_fiber_init_thread(struct kiln_fiber *f)
@@ -116,6 +121,12 @@ void kiln_fiber_prepare(struct kiln_fiber *f, kiln_fiber_entry entry, void *arg)
 #ifdef KILN_FIBER_ASAN
     /* Frames abandoned on this stack left their redzones poisoned. */
     __asan_unpoison_memory_region(f->stack_lo, f->stack_size);
+#endif
+#ifdef KILN_FIBER_TSAN
+    /* TSan keeps a shadow call stack per fiber; abandoned frames never
+     * return, so start a new one rather than let it grow without bound. */
+    __tsan_destroy_fiber(f->tsan_fiber);
+    f->tsan_fiber = __tsan_create_fiber(0);
 #endif
     uintptr_t top = ((uintptr_t)f->stack_lo + f->stack_size) & ~(uintptr_t)15;
 #if defined(__x86_64__)

@@ -139,19 +139,13 @@ static int spawn_common(kiln_rt *rt, const kiln_behaviour *b, void (*fn)(void *)
     }
     /* Link and monitor before the child can run: nobody else sees it yet,
      * so both sides are written directly. */
-    if (opts && opts->link) {
-        struct kiln_proc_ext *pe = kiln_proc_ext(parent), *ce = kiln_proc_ext(p);
-        if (!pe || !ce || !kiln_vec_push(&pe->links, &p->pid, sizeof(kiln_term)) ||
-            !kiln_vec_push(&ce->links, &parent->pid, sizeof(kiln_term)))
-            goto oom;
-    }
+    if (opts && opts->link && (!kiln_link_add(parent, p->pid) || !kiln_link_add(p, parent->pid)))
+        goto oom;
     if (opts && opts->monitor) {
-        struct kiln_proc_ext *pe = kiln_proc_ext(parent), *ce = kiln_proc_ext(p);
         uint64_t ref = kiln_ref_next(rt);
         struct kiln_monitor mine = {ref, p->pid, KILN_NONE}, theirs = {ref, parent->pid, KILN_NONE};
         kiln_term rt_ref = kiln_ref_term(opts->monitor_ref_msg, rt, ref, KILN_NONE);
-        if (!pe || !ce || kiln_is_none(rt_ref) || !kiln_vec_push(&pe->monitors, &mine, sizeof(mine)) ||
-            !kiln_vec_push(&ce->monitored_by, &theirs, sizeof(theirs)))
+        if (kiln_is_none(rt_ref) || !kiln_monitor_add(parent, true, &mine) || !kiln_monitor_add(p, false, &theirs))
             goto oom;
         *opts->monitor_ref = rt_ref;
     }
@@ -164,15 +158,13 @@ static int spawn_common(kiln_rt *rt, const kiln_behaviour *b, void (*fn)(void *)
 
 oom:
     /* Undo: the parent may hold a half-made link or monitor entry. */
-    if (parent && parent->ext) {
-        struct kiln_vec *v = &parent->ext->links;
-        for (uint32_t i = 0; i < v->len; i++)
-            if (((kiln_term *)v->items)[i] == p->pid)
-                kiln_vec_remove(v, i--, sizeof(kiln_term));
-        v = &parent->ext->monitors;
-        for (uint32_t i = 0; i < v->len; i++)
-            if (((struct kiln_monitor *)v->items)[i].pid == p->pid)
-                kiln_vec_remove(v, i--, sizeof(struct kiln_monitor));
+    if (parent) {
+        kiln_link_del(parent, p->pid);
+        struct kiln_proc_ext *pe = parent->ext;
+        struct kiln_monitor *mons = pe ? pe->monitors.items : NULL;
+        for (uint32_t i = 0; pe && i < pe->monitors.len; i++)
+            if (mons[i].pid == p->pid && kiln_monitor_del(parent, true, mons[i].ref, NULL))
+                break;
     }
     if (!kiln_is_none(name))
         kiln_registry_drop(rt, name, p->pid);

@@ -23,6 +23,10 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
     kiln_rt *rt = p->rt;
     uint32_t gen = ++p->recv_gen;
     kiln_timer timer = 0;
+    if (p->max_mailbox) {
+        kiln_proc_drain(p);
+        kiln_proc_trim(p);
+    }
     kiln_msg *prev = NULL;
     kiln_msg *m = p->save_head;
     for (;;) {

@@ -126,8 +126,13 @@ struct kiln_worker {
     ck_epoch_record_t epoch;
     struct kiln_proc *graveyard;      /* exited, grace period over: to free */
     struct kiln_timers *timers;
-    uint64_t steals, parks, global_pops, long_schedules;
+    /* Written by this worker only, read by kiln_rt_get_stats. */
+    _Atomic uint64_t steals, parks, global_pops, long_schedules;
 };
+
+/* Single-writer counter: no locked instruction needed. */
+#define KILN_STAT_INC(x) \
+    atomic_store_explicit(&(x), atomic_load_explicit(&(x), memory_order_relaxed) + 1, memory_order_relaxed)
 
 /* ---- the runtime ---- */
 
@@ -166,9 +171,8 @@ struct kiln_rt {
     pthread_mutex_t live_lock;        /* kiln_rt_wait_idle */
     pthread_cond_t live_cond;
 
-    /* registered names: atom index -> pid, lock-free reads */
-    _Atomic(kiln_term) *names;
-    size_t names_cap;
+    /* registered names: atom index -> pid in a two-level table (registry.c) */
+    _Atomic(kiln_term) *_Atomic *names;
 
     ck_epoch_t epoch;
     pthread_mutex_t foreign_lock;     /* non-worker threads share one epoch record */
@@ -236,6 +240,9 @@ void kiln_proc_unlock(struct kiln_proc *p);
 kiln_msg *kiln_proc_next_message(struct kiln_proc *p);
 /* Move everything queued in the mailbox into the save list (signals handled). */
 void kiln_proc_drain(struct kiln_proc *p);
+/* Apply a DROP_OLDEST bound to the save list. Only where no receive holds
+ * a position in the list. */
+void kiln_proc_trim(struct kiln_proc *p);
 /* Answer signals that reached a process after it died. */
 void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m);
 void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason);

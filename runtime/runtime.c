@@ -5,6 +5,7 @@
 
 #include "alloc.h"
 #include "rt.h"
+#include "term_layout.h"
 
 void kiln_rt_config_init(kiln_rt_config *cfg)
 {
@@ -71,6 +72,9 @@ int kiln_rt_start(const kiln_rt_config *cfg, kiln_rt **out)
         return rc;
     }
     rt->creation = rt->cfg.creation;
+    /* Term order places local pids on the local node; with several
+     * runtimes in one process the last one started names it. */
+    kiln_term_set_local_node(rt->node, rt->creation);
 
     pthread_mutex_init(&rt->global.lock, NULL);
     pthread_mutex_init(&rt->idle_lock, NULL);
@@ -200,13 +204,11 @@ void kiln_rt_get_stats(const kiln_rt *crt, kiln_rt_stats *out)
     out->exited = atomic_load(&rt->exited);
     out->wakeups = atomic_load(&rt->wakeups);
     out->stacks_in_use = atomic_load(&rt->stacks_in_use);
-    /* Per-worker counters are plain and written by their worker: a racy
-     * but harmless read for statistics. */
     for (unsigned i = 0; i < rt->nworkers; i++) {
         struct kiln_worker *w = &rt->workers[i];
-        out->steals += __atomic_load_n(&w->steals, __ATOMIC_RELAXED);
-        out->parks += __atomic_load_n(&w->parks, __ATOMIC_RELAXED);
-        out->global_pops += __atomic_load_n(&w->global_pops, __ATOMIC_RELAXED);
-        out->long_schedules += __atomic_load_n(&w->long_schedules, __ATOMIC_RELAXED);
+        out->steals += atomic_load_explicit(&w->steals, memory_order_relaxed);
+        out->parks += atomic_load_explicit(&w->parks, memory_order_relaxed);
+        out->global_pops += atomic_load_explicit(&w->global_pops, memory_order_relaxed);
+        out->long_schedules += atomic_load_explicit(&w->long_schedules, memory_order_relaxed);
     }
 }

@@ -112,7 +112,7 @@ static struct kiln_proc *gq_pop(kiln_rt *rt, struct kiln_worker *w)
     }
     atomic_store_explicit(&q->approx_len, q->len, memory_order_release);
     pthread_mutex_unlock(&q->lock);
-    w->global_pops++;
+    KILN_STAT_INC(w->global_pops);
     return first;
 }
 
@@ -146,6 +146,7 @@ void kiln_sched_kick_worker(struct kiln_worker *w)
 
 void kiln_sched_wake_one(kiln_rt *rt)
 {
+    kiln_full_fence();
     if (atomic_load(&rt->nidle) == 0)
         return;
     unsigned zero = 0;
@@ -201,10 +202,12 @@ static void park(struct kiln_worker *w, uint64_t timeout_ms)
     pthread_mutex_unlock(&rt->idle_lock);
 
     /* A producer may have queued work after we last looked but before we
-     * became visible as idle: look once more (seq_cst on both sides). */
-    atomic_thread_fence(memory_order_seq_cst);
+     * became visible as idle: look once more. The producer fences between
+     * queueing and reading nidle (kiln_sched_wake_one), so one of us sees
+     * the other. */
+    kiln_full_fence();
     if (!atomic_load(&rt->stopping) && !any_work_visible(rt)) {
-        w->parks++;
+        KILN_STAT_INC(w->parks);
         struct timespec ts, *tsp = NULL;
         if (timeout_ms != UINT64_MAX) {
             ts.tv_sec = (time_t)(timeout_ms / 1000);
@@ -267,7 +270,7 @@ static struct kiln_proc *steal_work(struct kiln_worker *w)
             uint32_t got;
             struct kiln_proc *p = kiln_runq_steal(&w->runq, &v->runq, &got);
             if (p) {
-                w->steals++;
+                KILN_STAT_INC(w->steals);
                 return p;
             }
             /* An empty ring but a waiting runnext: the owner is busy with
@@ -275,13 +278,25 @@ static struct kiln_proc *steal_work(struct kiln_worker *w)
             if (round == 3 && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
                 p = atomic_exchange_explicit(&v->runnext, NULL, memory_order_acq_rel);
                 if (p) {
-                    w->steals++;
+                    KILN_STAT_INC(w->steals);
                     return p;
                 }
             }
         }
     }
     return NULL;
+}
+
+/* A spinning worker that found work stops spinning; if it was the last
+ * one, another is woken to keep looking (there may be more work). */
+static struct kiln_proc *found(struct kiln_worker *w, struct kiln_proc *p)
+{
+    if (w->spinning) {
+        w->spinning = false;
+        if (atomic_fetch_sub(&w->rt->nspinning, 1) == 1)
+            kiln_sched_wake_one(w->rt);
+    }
+    return p;
 }
 
 static struct kiln_proc *find_work(struct kiln_worker *w)
@@ -294,13 +309,15 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
         /* A periodic look at the global queue keeps two processes that feed
          * each other from starving everything queued there. */
         if (++w->tick % 61 == 0 && (p = gq_pop(rt, w)))
-            return p;
+            return found(w, p);
         if ((p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
-            return p;
+            return found(w, p);
         if ((p = kiln_runq_pop(&w->runq)))
-            return p;
+            return found(w, p);
         if ((p = gq_pop(rt, w)))
-            return p;
+            return found(w, p);
+        if (w->tick % 64 == 0)
+            kiln_epoch_poll(w);
 
         uint64_t next_timer = kiln_timers_run(w, kiln_now_ms());
         if (kiln_runq_len(&w->runq) || atomic_load(&w->runnext))
@@ -316,15 +333,8 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
             }
         }
         if (w->spinning) {
-            p = steal_work(w);
-            if (p) {
-                /* The last spinner found work: hand the search to another. */
-                bool last = atomic_fetch_sub(&rt->nspinning, 1) == 1;
-                w->spinning = false;
-                if (last)
-                    kiln_sched_wake_one(rt);
-                return p;
-            }
+            if ((p = steal_work(w)))
+                return found(w, p);
             for (int i = 0; i < 64; i++)
                 kiln_cpu_relax();
             if (kiln_runq_len(&w->runq) || atomic_load(&w->runnext) || atomic_load(&rt->global.approx_len))
@@ -419,7 +429,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
     if (t0) {
         uint64_t ms = (now_ns() - t0) / 1000000u;
         if (ms >= rt->cfg.long_schedule_ms) {
-            w->long_schedules++;
+            KILN_STAT_INC(w->long_schedules);
             /* p is retired at most, not freed: we are inside the epoch section. */
             if (rt->cfg.long_schedule)
                 rt->cfg.long_schedule(rt, p->pid, ms, rt->cfg.long_schedule_arg);

@@ -124,9 +124,10 @@ kiln_msg *kiln_exit_signal_new(enum kiln_msg_kind kind, kiln_term from, kiln_ter
     kiln_msg *m = kiln_signal_new(kind, 16);
     if (!m)
         return NULL;
-    m->from = kiln_term_copy(m, from);
+    /* A signal sent from outside any process has no sender (KILN_NONE). */
+    m->from = kiln_is_none(from) ? KILN_NONE : kiln_term_copy(m, from);
     m->root = kiln_term_copy(m, reason);
-    if (kiln_is_none(m->root) || kiln_is_none(m->from)) {
+    if (kiln_is_none(m->root) || (kiln_is_none(m->from) && !kiln_is_none(from))) {
         kiln_msg_free(m);
         return NULL;
     }
@@ -336,7 +337,7 @@ static bool is_countable(const kiln_msg *m)
     return m->kind == KILN_MK_USER || m->kind == KILN_MK_ALIAS_MSG;
 }
 
-static void trim_oldest(struct kiln_proc *p)
+void kiln_proc_trim(struct kiln_proc *p)
 {
     /* DROP_OLDEST bound: drop from the front until the queue fits. */
     while (p->max_mailbox && p->overflow == KILN_OVERFLOW_DROP_OLDEST &&
@@ -377,7 +378,7 @@ kiln_msg *kiln_proc_next_message(struct kiln_proc *p)
         kiln_proc_drain(p);
         /* Trimming here, not in drain: a receive in progress holds a
          * position in the save list that trimming could remove. */
-        trim_oldest(p);
+        kiln_proc_trim(p);
     }
     for (;;) {
         kiln_msg *m = p->save_head;

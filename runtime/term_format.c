@@ -471,7 +471,7 @@ static bool match_directive(struct fmt *f, char d, kiln_term t, bool live)
         p.dst = va_arg(*ap, const uint8_t **);
         p.dst_len = va_arg(*ap, size_t *);
         p.kind = OUT_BIN;
-        const uint8_t *data;
+        const uint8_t *data = NULL;
         ok = live && kiln_get_binary(t, &data, &p.v.bytes.len) == KILN_OK;
         p.v.bytes.ptr = data;
         break;

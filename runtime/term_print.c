@@ -198,7 +198,9 @@ static void put_float(struct out *o, double d)
     char expl[24];
     int explen = snprintf(expl, sizeof expl, "%ld", place - 1);
     long cost = explen + 1 + (L == 1 ? 2 : 1);
-    bool plain = place < 0 ? 2 - place <= cost : place - L + 2 <= cost;
+    /* Past 2^53 erl always uses the exponent form (doubles there are all
+     * integers, and trailing zeros would suggest digits that are not there). */
+    bool plain = place < 0 ? 2 - place <= cost : place - L + 2 <= cost && fabs(d) < 9007199254740992.0;
     if (plain && place < 0) {
         puts_(o, "0.");
         for (long i = 0; i < -place; i++)

@@ -1,10 +1,10 @@
 /* Timers: one min-heap per worker (4-ary, keyed by deadline), guarded by a
  * mutex because a timer may be cancelled from any thread. Entries live in
  * a slot array with a free list, so a cancelled timer's memory is reused at
- * once. A handle names the worker, the slot and the slot's generation, so a
- * stale handle can never cancel the slot's next timer. The worker fires
- * due timers in its scheduling loop and parks no longer than the next
- * deadline. */
+ * once. A handle is the worker and a 52-bit sequence number that is never
+ * reused, found through a small hash map, so a stale handle can never
+ * cancel a later timer. The worker fires due timers in its scheduling loop
+ * and parks no longer than the next deadline. */
 #include <string.h>
 #include <time.h>
 
@@ -13,10 +13,10 @@
 
 struct kiln_tentry {
     uint64_t deadline;
+    uint64_t seq;      /* the handle's number */
     kiln_msg *msg;     /* NULL: free slot */
     kiln_term dest;    /* local pid or registered name */
-    uint32_t heap_pos;
-    uint32_t gen;
+    uint32_t heap_pos; /* or the next free slot, when free */
 };
 
 struct kiln_timers {
@@ -26,12 +26,15 @@ struct kiln_timers {
     uint32_t free_head;       /* free list threaded through heap_pos; UINT32_MAX = none */
     uint32_t *heap;
     uint32_t heap_len;
+    uint64_t next_seq;
+    uint32_t *index;          /* seq -> slot, open addressing; NO_SLOT = empty */
+    uint32_t index_cap;       /* power of two, at least twice the live timers */
     _Atomic uint64_t next_deadline; /* UINT64_MAX when empty: read without the lock */
 };
 
 #define NO_SLOT UINT32_MAX
-#define GEN_BITS 20u
-#define GEN_MASK ((1u << GEN_BITS) - 1)
+#define SEQ_BITS 52u
+#define SEQ_MASK ((1ull << SEQ_BITS) - 1)
 
 uint64_t kiln_now_ms(void)
 {
@@ -47,6 +50,7 @@ int kiln_timers_init(struct kiln_worker *w)
         return KILN_ENOMEM;
     pthread_mutex_init(&t->lock, NULL);
     t->free_head = NO_SLOT;
+    t->next_seq = 1;
     atomic_store(&t->next_deadline, UINT64_MAX);
     w->timers = t;
     return KILN_OK;
@@ -61,9 +65,64 @@ void kiln_timers_fini(struct kiln_worker *w)
         kiln_msg_free(t->slots[t->heap[i]].msg);
     kiln_free(t->slots);
     kiln_free(t->heap);
+    kiln_free(t->index);
     pthread_mutex_destroy(&t->lock);
     kiln_free(t);
     w->timers = NULL;
+}
+
+/* ---- seq -> slot index ---- */
+
+static uint32_t index_home(const struct kiln_timers *t, uint64_t seq)
+{
+    return (uint32_t)((seq * 0x9E3779B97F4A7C15ull) >> 32) & (t->index_cap - 1);
+}
+
+static uint32_t index_find(const struct kiln_timers *t, uint64_t seq)
+{
+    if (!t->index_cap)
+        return NO_SLOT;
+    for (uint32_t i = index_home(t, seq);; i = (i + 1) & (t->index_cap - 1)) {
+        uint32_t s = t->index[i];
+        if (s == NO_SLOT || t->slots[s].seq == seq)
+            return i;
+    }
+}
+
+static bool index_grow(struct kiln_timers *t)
+{
+    uint32_t ncap = t->index_cap ? t->index_cap * 2 : 128;
+    uint32_t *ni = kiln_malloc((size_t)ncap * sizeof(*ni));
+    if (!ni)
+        return false;
+    for (uint32_t i = 0; i < ncap; i++)
+        ni[i] = NO_SLOT;
+    uint32_t *old = t->index, ocap = t->index_cap;
+    t->index = ni;
+    t->index_cap = ncap;
+    for (uint32_t i = 0; i < ocap; i++)
+        if (old[i] != NO_SLOT)
+            t->index[index_find(t, t->slots[old[i]].seq)] = old[i];
+    kiln_free(old);
+    return true;
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void index_delete(struct kiln_timers *t, uint32_t i)
+{
+    uint32_t mask = t->index_cap - 1;
+    for (uint32_t j = (i + 1) & mask;; j = (j + 1) & mask) {
+        uint32_t s = t->index[j];
+        if (s == NO_SLOT)
+            break;
+        uint32_t home = index_home(t, t->slots[s].seq);
+        /* Move j back into the hole if its home does not lie in (i, j]. */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            t->index[i] = s;
+            i = j;
+        }
+    }
+    t->index[i] = NO_SLOT;
 }
 
 /* ---- heap ---- */
@@ -125,8 +184,8 @@ static void update_next(struct kiln_timers *t)
 
 static void slot_free(struct kiln_timers *t, uint32_t s)
 {
+    index_delete(t, index_find(t, t->slots[s].seq));
     t->slots[s].msg = NULL;
-    t->slots[s].gen = (t->slots[s].gen + 1) & GEN_MASK;
     t->slots[s].heap_pos = t->free_head;
     t->free_head = s;
 }
@@ -165,6 +224,11 @@ static int timer_add(kiln_rt *rt, uint64_t ms, kiln_term dest, kiln_msg *msg, ki
     struct kiln_timers *t = w->timers;
     uint64_t deadline = kiln_now_ms() + ms;
     pthread_mutex_lock(&t->lock);
+    if ((t->heap_len + 1) * 2 > t->index_cap && !index_grow(t)) {
+        pthread_mutex_unlock(&t->lock);
+        kiln_msg_free(msg);
+        return KILN_ENOMEM;
+    }
     uint32_t s = t->free_head;
     if (s != NO_SLOT) {
         t->free_head = t->slots[s].heap_pos;
@@ -175,9 +239,10 @@ static int timer_add(kiln_rt *rt, uint64_t ms, kiln_term dest, kiln_msg *msg, ki
             return KILN_ENOMEM;
         }
         s = t->nslots++;
-        t->slots[s].gen = 0;
     }
     struct kiln_tentry *e = &t->slots[s];
+    e->seq = t->next_seq++ & SEQ_MASK;
+    t->index[index_find(t, e->seq)] = s;
     e->deadline = deadline;
     e->msg = msg;
     e->dest = dest;
@@ -186,10 +251,10 @@ static int timer_add(kiln_rt *rt, uint64_t ms, kiln_term dest, kiln_msg *msg, ki
     sift_up(t, e->heap_pos);
     uint64_t before = atomic_load_explicit(&t->next_deadline, memory_order_relaxed);
     update_next(t);
-    uint32_t gen = e->gen;
+    uint64_t seq = e->seq;
     pthread_mutex_unlock(&t->lock);
     if (out)
-        *out = ((uint64_t)(w->index + 1) << 52) | ((uint64_t)gen << 32) | s;
+        *out = ((uint64_t)(w->index + 1) << SEQ_BITS) | seq;
     /* The owner may be parked until a later deadline: wake it. */
     if (deadline < before && w != kiln_current_worker())
         kiln_sched_kick_worker(w);
@@ -218,14 +283,14 @@ int kiln_timer_receive_timeout(kiln_rt *rt, kiln_term pid, uint32_t gen, uint64_
 
 int kiln_cancel_timer(kiln_rt *rt, kiln_timer h, uint64_t *left_ms)
 {
-    uint64_t wi = h >> 52;
-    uint32_t gen = (uint32_t)(h >> 32) & GEN_MASK;
-    uint32_t s = (uint32_t)h;
+    uint64_t wi = h >> SEQ_BITS;
     if (!rt || wi == 0 || wi > rt->nworkers)
         return KILN_EINVAL;
     struct kiln_timers *t = rt->workers[wi - 1].timers;
     pthread_mutex_lock(&t->lock);
-    if (s >= t->nslots || !t->slots[s].msg || t->slots[s].gen != gen) {
+    uint32_t i = index_find(t, h & SEQ_MASK);
+    uint32_t s = i == NO_SLOT ? NO_SLOT : t->index[i];
+    if (s == NO_SLOT) {
         pthread_mutex_unlock(&t->lock);
         return KILN_ENOTREG;
     }

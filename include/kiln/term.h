@@ -260,8 +260,9 @@ bool kiln_term_eq(kiln_term a, kiln_term b);
 /* Term order (compare/2 of Erlang): <0, 0, >0. Numbers compare by value
  * across integer and float (1 == 1.0 gives 0 here, as with ==). */
 int kiln_term_cmp(kiln_term a, kiln_term b);
-/* Order used for map keys: like kiln_term_cmp, but integers sort before
- * floats of equal value, so 1 and 1.0 are distinct keys. */
+/* Order used for map keys: like kiln_term_cmp, but (as in BEAM's map-key
+ * order) every integer sorts before every float, at any depth, so 1 and 1.0
+ * are distinct keys: #{2 => a, 1.0 => b} has keys [2, 1.0]. */
 int kiln_term_cmp_exact(kiln_term a, kiln_term b);
 /* A hash consistent with kiln_term_eq. */
 uint64_t kiln_term_hash(kiln_term t);

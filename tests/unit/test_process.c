@@ -1,0 +1,498 @@
+/* Processes through the public API: spawn, send, selective receive, calls,
+ * sleep/yield, the blocking pool, stacks held only while blocked, bounded
+ * mailboxes, pid uniqueness. */
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- a counting behaviour ---- */
+
+struct counter {
+    _Atomic long handled;
+    _Atomic long out_of_order;
+    _Atomic int terminated;
+    long next;
+    kiln_term last_reason;
+};
+
+static int counter_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+
+static kiln_action counter_handle(void *state, kiln_msg *m)
+{
+    struct counter *c = state;
+    int64_t v;
+    if (kiln_get_int64(kiln_msg_term(m), &v) == KILN_OK) {
+        if (v != c->next)
+            atomic_fetch_add(&c->out_of_order, 1);
+        c->next = v + 1;
+    }
+    if (kiln_msg_term(m) == kiln_atom_c("stop"))
+        return kiln_stop(kiln_atom_c("asked"));
+    atomic_fetch_add(&c->handled, 1);
+    return KILN_CONTINUE;
+}
+
+static void counter_terminate(void *state, kiln_term reason)
+{
+    struct counter *c = state;
+    c->last_reason = reason;
+    atomic_store(&c->terminated, 1);
+}
+
+static const kiln_behaviour counter_beh = {"counter", counter_init, counter_handle, counter_terminate};
+
+static void test_behaviour_receives_in_order_and_stops(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct counter *c = calloc(1, sizeof(*c));
+    kiln_term pid;
+    assert_int_equal(kiln_spawn(rt, &counter_beh, c, NULL, &pid), KILN_OK);
+    assert_true(kiln_is_local_pid(pid));
+    for (int i = 0; i < 10000; i++) {
+        kiln_msg *m = kiln_msg_new(8);
+        kiln_msg_set_term(m, kiln_small(i));
+        assert_int_equal(kiln_rt_send(rt, pid, m), KILN_OK);
+    }
+    assert_true(kiln_test_wait_count(&c->handled, 10000, 10000));
+    assert_int_equal(atomic_load(&c->out_of_order), 0);
+    assert_int_equal(kiln_rt_send(rt, pid, kiln_test_msg("stop")), KILN_OK);
+    assert_true(kiln_test_wait_flag(&c->terminated, 5000));
+    assert_int_equal(c->last_reason, kiln_atom_c("asked"));
+    assert_int_equal(kiln_rt_wait_idle(rt, 5000), KILN_OK);
+    assert_false(kiln_is_alive(rt, pid));
+    kiln_rt_stop(rt);
+    free(c);
+}
+
+/* ---- selective receive ---- */
+
+struct sel {
+    kiln_term self;
+    kiln_term order[3];
+    int rc_timeout;
+    uint64_t waited_ms;
+};
+
+static bool is_b(kiln_term t, void *arg)
+{
+    (void)arg;
+    return t == kiln_atom_c("b");
+}
+
+static void selective_body(void *arg)
+{
+    struct sel *s = arg;
+    s->self = kiln_self();
+    kiln_send(s->self, kiln_test_msg("a"));
+    kiln_send(s->self, kiln_test_msg("c"));
+    kiln_send(s->self, kiln_test_msg("b"));
+    kiln_msg *m;
+    /* b is taken first; a and c keep their order. */
+    if (kiln_receive(is_b, NULL, 1000, &m) == KILN_OK) {
+        s->order[0] = kiln_msg_term(m);
+        kiln_msg_free(m);
+    }
+    for (int i = 1; i < 3; i++) {
+        if (kiln_receive(kiln_test_any, NULL, 1000, &m) == KILN_OK) {
+            s->order[i] = kiln_msg_term(m);
+            kiln_msg_free(m);
+        }
+    }
+    uint64_t t0 = kiln_now_ms();
+    s->rc_timeout = kiln_receive(is_b, NULL, 50, &m);
+    s->waited_ms = kiln_now_ms() - t0;
+}
+
+static void test_selective_receive_keeps_order(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct sel s = {0};
+    kiln_test_run_in_process(rt, selective_body, &s, 5000);
+    assert_int_equal(s.order[0], kiln_atom_c("b"));
+    assert_int_equal(s.order[1], kiln_atom_c("a"));
+    assert_int_equal(s.order[2], kiln_atom_c("c"));
+    assert_int_equal(s.rc_timeout, KILN_ETIMEOUT);
+    assert_true(s.waited_ms >= 50);
+    kiln_rt_stop(rt);
+}
+
+/* ---- calls ---- */
+
+struct server_ctl {
+    _Atomic int delay_ms;
+};
+
+static kiln_action echo_handle(void *state, kiln_msg *m)
+{
+    struct server_ctl *ctl = state;
+    kiln_term from, req;
+    if (kiln_match_call(kiln_msg_term(m), &from, &req) != KILN_OK)
+        return KILN_CONTINUE;
+    if (req == kiln_atom_c("die"))
+        return kiln_stop(kiln_atom_c("died_in_call"));
+    int d = ctl ? atomic_load(&ctl->delay_ms) : 0;
+    if (d)
+        kiln_sleep((uint64_t)d);
+    kiln_msg *r = kiln_msg_new(64);
+    kiln_msg_set_term(r, kiln_term_copy(r, req));
+    kiln_reply(from, r);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour echo_beh = {"echo", NULL, echo_handle, NULL};
+
+struct call_res {
+    kiln_term server;
+    int rc_ok, rc_dead, rc_timeout, rc_died;
+    int64_t value;
+    int late_rc;
+    kiln_term died_reason;
+    kiln_proc_info info_after;
+};
+
+static void caller_body(void *arg)
+{
+    struct call_res *r = arg;
+    kiln_msg *reply = NULL, *reason = NULL;
+    r->rc_ok = kiln_call(r->server, kiln_test_msg("~i", (int64_t)42), 1000, &reply, NULL);
+    if (r->rc_ok == KILN_OK) {
+        kiln_get_int64(kiln_msg_term(reply), &r->value);
+        kiln_msg_free(reply);
+    }
+    r->rc_dead = kiln_call(kiln_atom_c("nobody_here"), kiln_test_msg("x"), 1000, &reply, NULL);
+    kiln_process_info(kiln_current_rt(), kiln_self(), &r->info_after);
+    r->rc_died = kiln_call(r->server, kiln_test_msg("die"), 1000, &reply, &reason);
+    if (reason) {
+        r->died_reason = kiln_msg_term(reason);
+        kiln_msg_free(reason);
+    }
+}
+
+static void test_call_reply_noproc_and_exit(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct call_res r = {0};
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &r.server), KILN_OK);
+    kiln_test_run_in_process(rt, caller_body, &r, 5000);
+    assert_int_equal(r.rc_ok, KILN_OK);
+    assert_int_equal(r.value, 42);
+    assert_int_equal(r.rc_dead, KILN_ENOPROC);
+    /* A finished call leaves no monitor behind. */
+    assert_int_equal(r.info_after.monitors, 0);
+    assert_int_equal(r.rc_died, KILN_EEXIT);
+    assert_int_equal(r.died_reason, kiln_atom_c("died_in_call"));
+    kiln_rt_stop(rt);
+}
+
+static void timeout_caller(void *arg)
+{
+    struct call_res *r = arg;
+    kiln_msg *reply = NULL;
+    r->rc_timeout = kiln_call(r->server, kiln_test_msg("slow"), 30, &reply, NULL);
+    /* The server replies later; the alias is gone so nothing arrives. */
+    kiln_msg *m = NULL;
+    r->late_rc = kiln_receive(kiln_test_any, NULL, 300, &m);
+    if (m)
+        kiln_msg_free(m);
+}
+
+static void test_call_timeout_drops_late_reply(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct server_ctl ctl = {100};
+    struct call_res r = {0};
+    assert_int_equal(kiln_spawn(rt, &echo_beh, &ctl, NULL, &r.server), KILN_OK);
+    kiln_test_run_in_process(rt, timeout_caller, &r, 5000);
+    assert_int_equal(r.rc_timeout, KILN_ETIMEOUT);
+    assert_int_equal(r.late_rc, KILN_ETIMEOUT);
+    kiln_rt_stop(rt);
+}
+
+/* ---- stacks only while blocked ---- */
+
+struct blocker {
+    _Atomic long ready;
+};
+
+static void block_forever(void *arg)
+{
+    struct blocker *b = arg;
+    atomic_fetch_add(&b->ready, 1);
+    kiln_msg *m;
+    kiln_receive(kiln_test_any, NULL, -1, &m);
+    kiln_msg_free(m);
+}
+
+static void test_idle_processes_hold_no_stack(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    enum { N = 2000 };
+    kiln_term idle[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &idle[i]), KILN_OK);
+    struct blocker b = {0};
+    kiln_term blocked[10];
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(kiln_spawn_fn(rt, block_forever, &b, NULL, &blocked[i]), KILN_OK);
+    assert_true(kiln_test_wait_count(&b.ready, 10, 5000));
+    usleep(20000);
+    kiln_rt_stats st;
+    kiln_rt_get_stats(rt, &st);
+    /* Only the ten blocked processes hold stacks, not the 2000 idle ones. */
+    assert_int_equal(st.stacks_in_use, 10);
+    kiln_proc_info info;
+    assert_int_equal(kiln_process_info(rt, idle[0], &info), KILN_OK);
+    assert_false(info.has_stack);
+    assert_int_equal(info.status, KILN_PS_WAITING);
+    assert_int_equal(kiln_process_info(rt, blocked[0], &info), KILN_OK);
+    assert_true(info.has_stack);
+    /* Wake them: they return, exit, and give their stacks back. */
+    for (int i = 0; i < 10; i++)
+        kiln_rt_send(rt, blocked[i], kiln_test_msg("go"));
+    for (int i = 0; i < 1000; i++) {
+        kiln_rt_get_stats(rt, &st);
+        if (st.stacks_in_use == 0)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(st.stacks_in_use, 0);
+    kiln_rt_stop(rt);
+}
+
+/* ---- sleep, yield, blocking pool ---- */
+
+struct timing {
+    uint64_t slept_ms;
+    int yield_rc;
+    void *blocking_result;
+    int blocking_rc;
+    _Atomic long ticks;
+};
+
+static void *slow_syscall(void *arg)
+{
+    usleep(100000);
+    return (char *)arg + 1;
+}
+
+static void sleeper(void *arg)
+{
+    struct timing *t = arg;
+    uint64_t t0 = kiln_now_ms();
+    kiln_sleep(60);
+    t->slept_ms = kiln_now_ms() - t0;
+    t->yield_rc = kiln_yield();
+    static char token[2];
+    t->blocking_rc = kiln_blocking(slow_syscall, token, &t->blocking_result);
+}
+
+static void ticker(void *arg)
+{
+    struct timing *t = arg;
+    for (int i = 0; i < 50; i++) {
+        atomic_fetch_add(&t->ticks, 1);
+        kiln_sleep(2);
+    }
+}
+
+static void test_sleep_yield_blocking_keep_others_running(void **state)
+{
+    (void)state;
+    /* One worker: if sleeping or the blocking call held the thread, the
+     * ticker could not run meanwhile. */
+    kiln_rt *rt = kiln_test_rt(1, NULL);
+    struct timing t = {0};
+    kiln_term pid;
+    assert_int_equal(kiln_spawn_fn(rt, ticker, &t, NULL, &pid), KILN_OK);
+    kiln_test_run_in_process(rt, sleeper, &t, 5000);
+    assert_true(t.slept_ms >= 60);
+    assert_int_equal(t.yield_rc, KILN_OK);
+    assert_int_equal(t.blocking_rc, KILN_OK);
+    assert_non_null(t.blocking_result);
+    assert_true(atomic_load(&t.ticks) >= 20);
+    kiln_rt_stop(rt);
+}
+
+/* ---- bounded mailboxes ---- */
+
+struct bounded {
+    kiln_term target;
+    int rcs[6];
+    kiln_term got[6];
+    int ngot;
+};
+
+static void bounded_body(void *arg)
+{
+    struct bounded *b = arg;
+    for (int i = 0; i < 6; i++)
+        b->rcs[i] = kiln_send(b->target, kiln_test_msg("~i", (int64_t)i));
+}
+
+static void drain_body(void *arg)
+{
+    struct bounded *b = arg;
+    kiln_msg *m;
+    while (b->ngot < 6 && kiln_receive(kiln_test_any, NULL, 0, &m) == KILN_OK) {
+        b->got[b->ngot++] = kiln_msg_term(m);
+        kiln_msg_free(m);
+    }
+}
+
+struct gate {
+    _Atomic int open;
+};
+
+static void gated_receiver(void *arg)
+{
+    struct gate *g = arg;
+    /* Busy until opened, so messages pile up in the mailbox. */
+    while (!atomic_load(&g->open))
+        kiln_sleep(1);
+    kiln_msg *m;
+    int64_t v;
+    while (kiln_receive(kiln_test_any, NULL, 200, &m) == KILN_OK) {
+        kiln_get_int64(kiln_msg_term(m), &v);
+        kiln_msg_free(m);
+    }
+}
+
+static void test_bounded_mailbox_policies(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct gate g = {0};
+    kiln_spawn_opts o = {.max_mailbox = 3, .overflow = KILN_OVERFLOW_FAIL};
+    struct bounded b = {0};
+    assert_int_equal(kiln_spawn_fn(rt, gated_receiver, &g, &o, &b.target), KILN_OK);
+    kiln_test_run_in_process(rt, bounded_body, &b, 5000);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(b.rcs[i], KILN_OK);
+    for (int i = 3; i < 6; i++)
+        assert_int_equal(b.rcs[i], KILN_EMAILBOX_FULL);
+    kiln_proc_info info;
+    assert_int_equal(kiln_process_info(rt, b.target, &info), KILN_OK);
+    assert_int_equal(info.message_queue_len, 3);
+    atomic_store(&g.open, 1);
+    kiln_rt_stop(rt);
+}
+
+static void newest_receiver(void *arg)
+{
+    kiln_sleep(100); /* let the sender fill the mailbox first */
+    drain_body(arg);
+}
+
+static void test_bounded_drop_newest_and_oldest(void **state)
+{
+    (void)state;
+    for (int policy = KILN_OVERFLOW_DROP_NEWEST; policy <= KILN_OVERFLOW_DROP_OLDEST; policy++) {
+        kiln_rt *rt = kiln_test_rt(2, NULL);
+        struct bounded b = {0};
+        kiln_spawn_opts o = {.max_mailbox = 3, .overflow = (kiln_overflow)policy};
+        struct bounded *rb = calloc(1, sizeof(*rb));
+        assert_int_equal(kiln_spawn_fn(rt, newest_receiver, rb, &o, &b.target), KILN_OK);
+        kiln_test_run_in_process(rt, bounded_body, &b, 5000);
+        for (int i = 0; i < 6; i++)
+            assert_int_equal(b.rcs[i], KILN_OK);
+        assert_int_equal(kiln_rt_wait_idle(rt, 5000), KILN_OK);
+        assert_int_equal(rb->ngot, 3);
+        int64_t first;
+        assert_int_equal(kiln_get_int64(rb->got[0], &first), KILN_OK);
+        /* Newest dropped: 0,1,2 kept. Oldest dropped: 3,4,5 kept. */
+        assert_int_equal(first, policy == KILN_OVERFLOW_DROP_NEWEST ? 0 : 3);
+        kiln_rt_stop(rt);
+        free(rb);
+    }
+}
+
+/* ---- pids ---- */
+
+static kiln_action quit_handle(void *state, kiln_msg *m)
+{
+    (void)state;
+    (void)m;
+    return KILN_STOP;
+}
+static const kiln_behaviour quit_beh = {"quit", NULL, quit_handle, NULL};
+
+static void test_dead_pid_never_matches_new_process(void **state)
+{
+    (void)state;
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.max_processes = 64; /* force slot reuse quickly */
+    kiln_rt *rt = kiln_test_rt(2, &cfg);
+    kiln_term first;
+    assert_int_equal(kiln_spawn(rt, &quit_beh, NULL, NULL, &first), KILN_OK);
+    kiln_rt_send(rt, first, kiln_test_msg("bye"));
+    assert_int_equal(kiln_rt_wait_idle(rt, 5000), KILN_OK);
+    for (int round = 0; round < 500; round++) {
+        kiln_term p;
+        assert_int_equal(kiln_spawn(rt, &quit_beh, NULL, NULL, &p), KILN_OK);
+        assert_int_not_equal(p, first);
+        /* The old pid is dead even when the new process sits in its slot. */
+        assert_false(kiln_is_alive(rt, first));
+        kiln_rt_send(rt, p, kiln_test_msg("bye"));
+        assert_int_equal(kiln_rt_wait_idle(rt, 5000), KILN_OK);
+    }
+    /* Sending to a dead pid is not an error. */
+    assert_int_equal(kiln_rt_send(rt, first, kiln_test_msg("late")), KILN_OK);
+    kiln_rt_stop(rt);
+}
+
+static void test_process_table_limit(void **state)
+{
+    (void)state;
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.max_processes = 16;
+    kiln_rt *rt = kiln_test_rt(2, &cfg);
+    kiln_term p;
+    int n = 0, rc;
+    while ((rc = kiln_spawn(rt, &echo_beh, NULL, NULL, &p)) == KILN_OK)
+        n++;
+    assert_int_equal(rc, KILN_ESYSTEM_LIMIT);
+    assert_int_equal(n, 15); /* id 0 is never handed out */
+    kiln_rt_stop(rt);
+}
+
+static void test_outside_process_calls_fail_cleanly(void **state)
+{
+    (void)state;
+    kiln_msg *m;
+    assert_int_equal(kiln_receive(kiln_test_any, NULL, 0, &m), KILN_ENOTPROC);
+    assert_int_equal(kiln_sleep(1), KILN_ENOTPROC);
+    assert_int_equal(kiln_send(kiln_small(1), kiln_msg_new(8)), KILN_ENOTPROC);
+    assert_true(kiln_is_none(kiln_self()));
+    assert_int_equal(kiln_spawn(NULL, &echo_beh, NULL, NULL, NULL), KILN_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_behaviour_receives_in_order_and_stops),
+        cmocka_unit_test(test_selective_receive_keeps_order),
+        cmocka_unit_test(test_call_reply_noproc_and_exit),
+        cmocka_unit_test(test_call_timeout_drops_late_reply),
+        cmocka_unit_test(test_idle_processes_hold_no_stack),
+        cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
+        cmocka_unit_test(test_bounded_mailbox_policies),
+        cmocka_unit_test(test_bounded_drop_newest_and_oldest),
+        cmocka_unit_test(test_dead_pid_never_matches_new_process),
+        cmocka_unit_test(test_process_table_limit),
+        cmocka_unit_test(test_outside_process_calls_fail_cleanly),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,280 @@
+/* The scheduler: an idle runtime sleeps, a flooding process cannot starve
+ * others, long handlers are reported, work spreads over workers, and stop
+ * is clean with processes in every state. */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double wall_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static kiln_action ignore_handle(void *state, kiln_msg *m)
+{
+    (void)state;
+    (void)m;
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour ignore_beh = {"ignore", NULL, ignore_handle, NULL};
+
+static void test_idle_runtime_uses_no_cpu(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(0, NULL);
+    /* Some idle processes and a pending timer far away, as in real life. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(kiln_spawn(rt, &ignore_beh, NULL, NULL, NULL), KILN_OK);
+    kiln_term p;
+    assert_int_equal(kiln_spawn(rt, &ignore_beh, NULL, NULL, &p), KILN_OK);
+    kiln_timer t;
+    assert_int_equal(kiln_send_after(rt, 3600 * 1000, p, kiln_test_msg("later"), &t), KILN_OK);
+    usleep(200000); /* let start-up work settle */
+    double c0 = cpu_seconds(), w0 = wall_seconds();
+    sleep(2);
+    double used = cpu_seconds() - c0, wall = wall_seconds() - w0;
+    print_message("idle: %.4f s CPU over %.2f s wall (%.2f%%)\n", used, wall, 100.0 * used / wall);
+    assert_true(used < 0.02 * wall);
+    kiln_rt_stop(rt);
+}
+
+/* ---- fairness ---- */
+
+struct flood {
+    kiln_term self;
+    _Atomic long floods;
+    _Atomic int stop;
+};
+
+static kiln_action flood_handle(void *state, kiln_msg *m)
+{
+    struct flood *f = state;
+    atomic_fetch_add(&f->floods, 1);
+    if (!atomic_load(&f->stop)) {
+        /* Every message makes another: this process never runs dry. */
+        kiln_send(kiln_self(), kiln_msg_take(m));
+    }
+    return KILN_CONTINUE;
+}
+static int flood_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+static const kiln_behaviour flood_beh = {"flood", flood_init, flood_handle, NULL};
+
+struct pong {
+    _Atomic long handled;
+};
+static kiln_action pong_handle(void *state, kiln_msg *m)
+{
+    (void)m;
+    atomic_fetch_add(&((struct pong *)state)->handled, 1);
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour pong_beh = {"pong", flood_init, pong_handle, NULL};
+
+static void test_flooding_process_does_not_starve_others(void **state)
+{
+    (void)state;
+    /* One worker: the flood and the victim must share it. */
+    kiln_rt *rt = kiln_test_rt(1, NULL);
+    struct flood *f = calloc(1, sizeof(*f));
+    struct pong *v = calloc(1, sizeof(*v));
+    kiln_term fp, vp;
+    assert_int_equal(kiln_spawn(rt, &flood_beh, f, NULL, &fp), KILN_OK);
+    for (int i = 0; i < 4; i++)
+        kiln_rt_send(rt, fp, kiln_test_msg("x"));
+    assert_int_equal(kiln_spawn(rt, &pong_beh, v, NULL, &vp), KILN_OK);
+    for (int i = 0; i < 100; i++) {
+        kiln_rt_send(rt, vp, kiln_test_msg("ping"));
+        usleep(1000);
+    }
+    assert_true(kiln_test_wait_count(&v->handled, 100, 5000));
+    assert_true(atomic_load(&f->floods) > 1000);
+    atomic_store(&f->stop, 1);
+    kiln_rt_stop(rt);
+    free(f);
+    free(v);
+}
+
+/* ---- long schedule ---- */
+
+struct longsched {
+    _Atomic int reported;
+    kiln_term pid;
+    uint64_t ms;
+};
+
+static void on_long(kiln_rt *rt, kiln_term pid, uint64_t ms, void *arg)
+{
+    (void)rt;
+    struct longsched *ls = arg;
+    ls->pid = pid;
+    ls->ms = ms;
+    atomic_store(&ls->reported, 1);
+}
+
+static kiln_action slow_handle(void *state, kiln_msg *m)
+{
+    (void)state;
+    (void)m;
+    double t0 = wall_seconds();
+    while (wall_seconds() - t0 < 0.08)
+        ;
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour slow_beh = {"slow", NULL, slow_handle, NULL};
+
+static void test_long_handler_is_reported_with_pid(void **state)
+{
+    (void)state;
+    struct longsched ls = {0};
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.long_schedule_ms = 30;
+    cfg.long_schedule = on_long;
+    cfg.long_schedule_arg = &ls;
+    kiln_rt *rt = kiln_test_rt(2, &cfg);
+    kiln_term p;
+    assert_int_equal(kiln_spawn(rt, &slow_beh, NULL, NULL, &p), KILN_OK);
+    kiln_rt_send(rt, p, kiln_test_msg("work"));
+    assert_true(kiln_test_wait_flag(&ls.reported, 5000));
+    assert_int_equal(ls.pid, p);
+    assert_true(ls.ms >= 30);
+    kiln_rt_stats st;
+    kiln_rt_get_stats(rt, &st);
+    assert_true(st.long_schedules >= 1);
+    kiln_rt_stop(rt);
+}
+
+/* ---- spreading work ---- */
+
+struct spread {
+    pthread_t seen[64];
+    _Atomic int nseen;
+    pthread_mutex_t lock;
+    _Atomic long done;
+};
+
+static void cpu_work(void *arg)
+{
+    struct spread *s = arg;
+    volatile double x = 0;
+    for (int i = 0; i < 200000; i++)
+        x += i * 0.5;
+    pthread_t me = pthread_self();
+    pthread_mutex_lock(&s->lock);
+    int n = atomic_load(&s->nseen), found = 0;
+    for (int i = 0; i < n; i++)
+        found |= pthread_equal(s->seen[i], me);
+    if (!found && n < 64)
+        s->seen[atomic_fetch_add(&s->nseen, 1)] = me;
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add(&s->done, 1);
+}
+
+static void spawner(void *arg)
+{
+    /* All spawned from one process on one worker: the others must steal. */
+    for (int i = 0; i < 400; i++)
+        kiln_spawn_fn(kiln_current_rt(), cpu_work, arg, NULL, NULL);
+}
+
+static void test_work_spreads_over_workers(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct spread *s = calloc(1, sizeof(*s));
+    pthread_mutex_init(&s->lock, NULL);
+    kiln_test_run_in_process(rt, spawner, s, 10000);
+    assert_true(kiln_test_wait_count(&s->done, 400, 30000));
+    kiln_rt_stats st;
+    kiln_rt_get_stats(rt, &st);
+    print_message("workers used %d, steals %llu, global pops %llu, wakeups %llu\n", atomic_load(&s->nseen),
+                  (unsigned long long)st.steals, (unsigned long long)st.global_pops, (unsigned long long)st.wakeups);
+    assert_int_equal(atomic_load(&s->nseen), 2);
+    assert_true(st.steals + st.global_pops > 0);
+    kiln_rt_stop(rt);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* ---- stop ---- */
+
+static void waits_forever(void *arg)
+{
+    (void)arg;
+    kiln_msg *m;
+    kiln_receive(kiln_test_any, NULL, -1, &m);
+}
+
+static void sleeps_long(void *arg)
+{
+    (void)arg;
+    kiln_sleep(3600 * 1000);
+}
+
+static void test_stop_with_processes_in_every_state(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(kiln_spawn(rt, &ignore_beh, NULL, NULL, NULL), KILN_OK);
+        assert_int_equal(kiln_spawn_fn(rt, waits_forever, NULL, NULL, NULL), KILN_OK);
+        assert_int_equal(kiln_spawn_fn(rt, sleeps_long, NULL, NULL, NULL), KILN_OK);
+    }
+    kiln_term p;
+    assert_int_equal(kiln_spawn(rt, &ignore_beh, NULL, NULL, &p), KILN_OK);
+    for (int i = 0; i < 1000; i++)
+        kiln_rt_send(rt, p, kiln_test_msg("queued"));
+    assert_true(kiln_rt_process_count(rt) >= 3000);
+    /* Every thread joined, every process and message freed: ASan's leak
+     * checker verifies the "freed" part at exit. */
+    assert_int_equal(kiln_rt_stop(rt), KILN_OK);
+}
+
+static void test_many_idle_processes(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    enum { N = 20000 }; /* sanitizers are 5-15x slower; the point is the same */
+#else
+    enum { N = 100000 };
+#endif
+    for (int i = 0; i < N; i++)
+        assert_int_equal(kiln_spawn(rt, &ignore_beh, NULL, NULL, NULL), KILN_OK);
+    assert_int_equal(kiln_rt_process_count(rt), N);
+    kiln_rt_stats st;
+    kiln_rt_get_stats(rt, &st);
+    assert_int_equal(st.spawned, N);
+    kiln_rt_stop(rt);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_idle_runtime_uses_no_cpu),
+        cmocka_unit_test(test_flooding_process_does_not_starve_others),
+        cmocka_unit_test(test_long_handler_is_reported_with_pid),
+        cmocka_unit_test(test_work_spreads_over_workers),
+        cmocka_unit_test(test_stop_with_processes_in_every_state),
+        cmocka_unit_test(test_many_idle_processes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
