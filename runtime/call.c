@@ -2,7 +2,12 @@
  * nodes: the caller monitors the server with a reference that is also an
  * alias, sends {'$gen_call', {Self, [alias|Ref]}, Request}, and waits for
  * {[alias|Ref], Reply} or the DOWN. Dropping the alias on timeout is what
- * keeps a late reply out of the caller's mailbox. */
+ * keeps a late reply out of the caller's mailbox.
+ *
+ * Locally the monitor rides on the request (KILN_MF_MONITOR) instead of a
+ * separate MONITOR signal, and a server that replies itself drops the
+ * monitor on its side and says so on the reply (KILN_MF_DEMONITORED), so
+ * the common call costs two messages, as it would without monitoring. */
 #include "alloc.h"
 #include "rt.h"
 
@@ -36,10 +41,12 @@ static bool match_reply(kiln_msg *m, void *arg)
     return false;
 }
 
+/* Drop the call's monitor and alias; tell the target (DEMONITOR) unless
+ * target is KILN_NONE because it already dropped its side. */
 static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
 {
     struct kiln_monitor mon;
-    if (kiln_monitor_del(p, true, n, &mon)) {
+    if (kiln_monitor_del(p, true, n, &mon) && !kiln_is_none(target)) {
         kiln_msg *sig = kiln_signal_new(KILN_MK_DEMONITOR, 8);
         if (sig) {
             sig->from = p->pid;
@@ -86,7 +93,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
         target = kiln_whereis(rt, to);
     else if (kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_tuple_get(to, 1) == rt->node)
         target = kiln_whereis(rt, kiln_tuple_get(to, 0));
-    if (kiln_is_none(target) || !kiln_is_alive(rt, target)) {
+    if (!kiln_is_local_pid(target) || !kiln_is_alive(rt, target)) {
         kiln_msg_free(request);
         return kiln_is_local_pid(target) || kiln_is_none(target) ? noproc(reason) : KILN_ENOTSUP;
     }
@@ -99,24 +106,22 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
     kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
     kiln_term from = kiln_tuple(request, 2, p->pid, tag);
     kiln_term call = kiln_tuple(request, 3, KILN_ATOM_GEN_CALL, from, request->root);
-    kiln_msg *sig = kiln_signal_new(KILN_MK_MONITOR, 8);
-    if (!e || kiln_is_none(call) || !sig || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
-        kiln_msg_free(sig);
+    if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
         kiln_msg_free(request);
         return KILN_ENOMEM;
     }
     if (!kiln_monitor_add(p, true, &mon)) {
-        forget(p, n, target);
-        kiln_msg_free(sig);
+        forget(p, n, KILN_NONE);
         kiln_msg_free(request);
         return KILN_ENOMEM;
     }
-    sig->from = p->pid;
-    sig->root = KILN_NONE;
-    sig->aux = kiln_ref_term(sig, rt, n, KILN_NONE);
-    kiln_deliver_pid(rt, target, sig);
     request->root = call;
-    kiln_rt_send(rt, target, request);
+    request->kind = KILN_MK_USER;
+    request->flags = KILN_MF_MONITOR;
+    request->from = p->pid;
+    request->aux = n;
+    /* A target that died since we looked answers with DOWN noproc. */
+    kiln_route(rt, target, request);
 
     struct call_wait cw = {rt, n};
     kiln_msg *m;
@@ -140,16 +145,19 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
         }
         return rc;
     }
-    forget(p, n, target);
+    /* The server dropped its side of the monitor when it replied itself. */
+    forget(p, n, (m->flags & KILN_MF_DEMONITORED) ? KILN_NONE : target);
     m->root = kiln_tuple_get(t, 1);
     m->kind = KILN_MK_USER;
+    m->flags = 0;
     *reply = m;
     return KILN_OK;
 }
 
 int kiln_reply(kiln_term from, kiln_msg *reply)
 {
-    kiln_rt *rt = kiln_current_rt();
+    struct kiln_proc *self = kiln_current_proc();
+    kiln_rt *rt = self ? self->rt : NULL;
     if (!reply)
         return KILN_EINVAL;
     if (!rt) {
@@ -160,20 +168,32 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
         kiln_msg_free(reply);
         return KILN_EBADARG;
     }
+    if (self->current == reply)
+        self->current = NULL;
+    reply->kind = KILN_MK_USER;
+    reply->flags = 0;
     kiln_term pid = kiln_tuple_get(from, 0);
-    kiln_term tag = kiln_term_copy(reply, kiln_tuple_get(from, 1));
+    kiln_term src_tag = kiln_tuple_get(from, 1);
+    /* gen:reply's rule: an [alias|Ref] tag goes to the alias. */
+    bool to_alias = kiln_is_cons(src_tag) && kiln_hd(src_tag) == KILN_ATOM_ALIAS;
+    kiln_term dest = to_alias ? kiln_tl(src_tag) : pid;
+    uint64_t n;
+    kiln_term apid, tag;
+    if (to_alias && kiln_ref_number(rt, dest, &n, &apid)) {
+        /* Our own alias: rebuild [alias|Ref] rather than deep-copy it. */
+        if (kiln_monitor_del(self, false, n, NULL))
+            reply->flags |= KILN_MF_DEMONITORED;
+        tag = kiln_cons(reply, KILN_ATOM_ALIAS, kiln_ref_term(reply, rt, n, apid));
+    } else {
+        tag = kiln_term_copy(reply, src_tag);
+    }
     kiln_term t = kiln_tuple(reply, 2, tag, reply->root);
     if (kiln_is_none(t)) {
         kiln_msg_free(reply);
         return KILN_ENOMEM;
     }
     reply->root = t;
-    /* gen:reply's rule: an [alias|Ref] tag goes to the alias. */
-    kiln_term dest = (kiln_is_cons(tag) && kiln_hd(tag) == KILN_ATOM_ALIAS) ? kiln_tl(tag) : pid;
-    struct kiln_proc *self = kiln_current_proc();
-    if (self && self->current == reply)
-        self->current = NULL;
-    return kiln_rt_send(rt, dest, reply);
+    return kiln_route(rt, dest, reply);
 }
 
 int kiln_match_call(kiln_term msg, kiln_term *from, kiln_term *request)

@@ -6,11 +6,14 @@
 #include "alloc.h"
 #include "rt.h"
 
+/* Inside a process run the worker already holds a section (scheduler.c)
+ * that covers everything the process does, so nothing is needed there. */
 void kiln_epoch_enter(kiln_rt *rt)
 {
     struct kiln_worker *w = kiln_current_worker();
     if (w && w->rt == rt) {
-        ck_epoch_begin(&w->epoch, NULL);
+        if (!w->running)
+            ck_epoch_begin(&w->epoch, NULL);
         return;
     }
     /* Threads that are not workers share one record under a lock. */
@@ -23,7 +26,8 @@ void kiln_epoch_exit(kiln_rt *rt)
     struct kiln_worker *w = kiln_current_worker();
     KILN_TSAN_RELEASE(&rt->tsan_epoch_sync);
     if (w && w->rt == rt) {
-        ck_epoch_end(&w->epoch, NULL);
+        if (!w->running)
+            ck_epoch_end(&w->epoch, NULL);
         return;
     }
     ck_epoch_end(&rt->foreign_epoch, NULL);

@@ -59,13 +59,11 @@ void kiln_msg_free(kiln_msg *m)
 
 kiln_term *kiln_msg_alloc_words(kiln_msg *m, size_t n)
 {
-    if (!m)
-        return NULL;
-    if ((size_t)(m->end - m->cur) >= n) {
-        uint64_t *p = m->cur;
-        m->cur += n;
-        return p;
-    }
+    return m ? kiln_arena_alloc(m, n) : NULL;
+}
+
+uint64_t *kiln_arena_grow(kiln_msg *m, size_t n)
+{
     /* Grow geometrically so a message built word by word stays O(n). */
     size_t have = m->inline_words;
     for (struct kiln_msg_chunk *c = m->chunks; c; c = c->next)

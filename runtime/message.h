@@ -20,10 +20,21 @@ enum kiln_msg_kind {
     KILN_MK_MONITOR,      /* from monitors us; aux = ref, root = name atom or NONE */
     KILN_MK_DEMONITOR,    /* aux = ref */
     KILN_MK_DOWN,         /* a monitor of ours fired: aux = ref, from = what died, root = reason */
-    KILN_MK_ALIAS_MSG,    /* user message sent to an alias: aux = the alias ref */
+    KILN_MK_ALIAS_MSG,    /* user message sent to an alias: aux = the alias's number (raw) */
     KILN_MK_TIMEOUT,      /* a receive timeout; aux = small int generation */
     KILN_MK_WAKE,         /* resume a process blocked on an outside event (blocking pool, sleep) */
     KILN_MK_STOP          /* runtime shutdown: die with reason root */
+};
+
+/* kiln_msg.flags */
+enum kiln_msg_flag {
+    /* A call request that also asks for a monitor on the receiver: from =
+     * caller, aux = the monitor's number (raw). Saves a separate MONITOR
+     * signal on every call. */
+    KILN_MF_MONITOR = 1u << 0,
+    /* A reply whose sender dropped the caller's monitor itself (it was the
+     * monitored process): the caller need not send DEMONITOR. */
+    KILN_MF_DEMONITORED = 1u << 1
 };
 
 struct kiln_msg_chunk {
@@ -46,6 +57,19 @@ struct kiln_msg {
     size_t inline_words;
     uint64_t inline_data[];
 };
+
+/* Arena allocation: the bump fast path inline, growth out of line. Every
+ * term constructor goes through here. */
+uint64_t *kiln_arena_grow(kiln_msg *m, size_t n);
+static inline uint64_t *kiln_arena_alloc(kiln_msg *m, size_t n)
+{
+    if ((size_t)(m->end - m->cur) >= n) {
+        uint64_t *p = m->cur;
+        m->cur += n;
+        return p;
+    }
+    return kiln_arena_grow(m, n);
+}
 
 /* A message sized for n words of terms without growing. */
 kiln_msg *kiln_msg_new_words(size_t n);

@@ -37,17 +37,18 @@ kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pi
 
 bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid)
 {
-    kiln_term node;
-    uint32_t creation, w[5];
-    size_t nw = 5;
+    /* Hot on every call and reply: read the box directly (term.h's layout:
+     * node, creation | len << 32, then the words two to a slot). */
     *alias_pid = KILN_NONE;
-    if (!kiln_is_ref(ref) || kiln_get_ref(ref, &node, &creation, w, &nw) != KILN_OK)
+    if (!kiln_is_ref(ref))
         return false;
-    if (node != rt->node || creation != rt->creation || nw < 3)
+    const kiln_term *p = kiln_box_ptr(ref);
+    uint32_t len = (uint32_t)(p[2] >> 32);
+    if (p[1] != rt->node || (uint32_t)p[2] != rt->creation || len < 3)
         return false;
-    *n = (uint64_t)w[0] | ((uint64_t)w[1] << 32);
-    if (nw == 4 && (w[3] & KILN_ALIAS_MARK))
-        *alias_pid = kiln_local_pid(w[2], w[3] & ~KILN_ALIAS_MARK);
+    *n = p[3];
+    if (len == 4 && (uint32_t)(p[4] >> 32) & KILN_ALIAS_MARK)
+        *alias_pid = kiln_local_pid((uint32_t)p[4], (uint32_t)(p[4] >> 32) & ~KILN_ALIAS_MARK);
     return true;
 }
 

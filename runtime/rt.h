@@ -257,6 +257,11 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
 void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size);
 void kiln_vec_free(struct kiln_vec *v);
 
+/* ---- send.c ---- */
+/* Route msg to a pid, name, alias or {Name, Node}, keeping its kind and
+ * flags (kiln_rt_send resets them first). */
+int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg);
+
 /* ---- receive.c ---- */
 typedef bool (*kiln_msg_match_fn)(kiln_msg *m, void *arg);
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out);

@@ -4,15 +4,8 @@
 #include "alloc.h"
 #include "rt.h"
 
-int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)
+int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg)
 {
-    if (!msg)
-        return KILN_EINVAL;
-    if (!rt) {
-        kiln_msg_free(msg);
-        return KILN_EINVAL;
-    }
-    msg->kind = KILN_MK_USER;
     if (kiln_is_local_pid(to)) {
         /* A dead pid is not an error: Erlang drops the message silently. */
         int rc = kiln_deliver_pid(rt, to, msg);
@@ -36,23 +29,34 @@ int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)
             return KILN_OK;
         }
         msg->kind = KILN_MK_ALIAS_MSG;
-        msg->aux = kiln_term_copy(msg, to);
-        if (kiln_is_none(msg->aux)) {
-            kiln_msg_free(msg);
-            return KILN_ENOMEM;
-        }
+        msg->aux = n;
         int rc = kiln_deliver_pid(rt, pid, msg);
         return rc == KILN_ENOPROC ? KILN_OK : rc;
     }
     if (kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_is_atom(kiln_tuple_get(to, 0)) &&
         kiln_is_atom(kiln_tuple_get(to, 1))) {
         if (kiln_tuple_get(to, 1) == rt->node)
-            return kiln_rt_send(rt, kiln_tuple_get(to, 0), msg);
+            return kiln_route(rt, kiln_tuple_get(to, 0), msg);
         kiln_msg_free(msg);
         return KILN_ENOTSUP; /* remote nodes: distribution layer */
     }
     kiln_msg_free(msg);
     return kiln_is_pid(to) ? KILN_ENOTSUP : KILN_EBADARG;
+}
+
+int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)
+{
+    if (!msg)
+        return KILN_EINVAL;
+    if (!rt) {
+        kiln_msg_free(msg);
+        return KILN_EINVAL;
+    }
+    /* Whatever the message was before (a received signal, a reply), it
+     * leaves as a plain message. */
+    msg->kind = KILN_MK_USER;
+    msg->flags = 0;
+    return kiln_route(rt, to, msg);
 }
 
 int kiln_send(kiln_term to, kiln_msg *msg)

@@ -182,6 +182,11 @@ void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m)
         }
         break;
     }
+    case KILN_MK_USER:
+        /* A call whose monitor never got established: the caller needs its DOWN. */
+        if (m->flags & KILN_MF_MONITOR)
+            kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, m->aux, dead_pid, KILN_ATOM_NOPROC));
+        break;
     default: /* messages and other signals: nothing is owed */
         break;
     }
@@ -236,13 +241,19 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
     bool trapping = (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_TRAP_EXIT) != 0;
     switch ((enum kiln_msg_kind)m->kind) {
     case KILN_MK_USER:
+        if (m->flags & KILN_MF_MONITOR) {
+            /* A call that carries its monitor (call.c). */
+            struct kiln_monitor mon = {m->aux, m->from, KILN_NONE};
+            m->flags &= (uint16_t)~KILN_MF_MONITOR;
+            if (!kiln_monitor_add(p, false, &mon))
+                kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, mon.ref, p->pid, kiln_atom_c("system_limit")));
+        }
+        return m;
     case KILN_MK_TIMEOUT:
     case KILN_MK_WAKE:
         return m;
     case KILN_MK_ALIAS_MSG: {
-        uint64_t n;
-        kiln_term apid;
-        if (kiln_ref_number(rt, m->aux, &n, &apid) && alias_active(p, n, true))
+        if (alias_active(p, m->aux, true))
             return m;
         atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
         kiln_msg_free(m);

@@ -5,6 +5,7 @@
 
 #include "alloc.h"
 #include "bignum.h"
+#include "message.h"
 #include "term_layout.h"
 
 /* Allocates 1 + payload words for a box, refusing sizes the header or
@@ -13,7 +14,7 @@ static kiln_term *box_alloc(kiln_msg *m, size_t payload, unsigned subtag)
 {
     if (!m || payload > KILN_HEADER_SIZE_MAX || payload > SIZE_MAX / 8 - 1)
         return NULL;
-    kiln_term *p = kiln_msg_alloc_words(m, payload + 1);
+    kiln_term *p = kiln_arena_alloc(m, payload + 1);
     if (p)
         p[0] = kiln_make_header(payload, subtag);
     return p;
@@ -224,7 +225,7 @@ kiln_term kiln_cons(kiln_msg *m, kiln_term head, kiln_term tail)
 {
     if (!m || head == KILN_NONE || tail == KILN_NONE)
         return KILN_NONE;
-    kiln_term *p = kiln_msg_alloc_words(m, 2);
+    kiln_term *p = kiln_arena_alloc(m, 2);
     if (!p)
         return KILN_NONE;
     p[0] = head;
@@ -729,7 +730,10 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
     if (is_immediate(t))
         return t;
     kiln_term root = KILN_NONE;
-    struct copy_stack s = {.items = NULL, .n = 0, .cap = 64};
+    /* Not zero-initialised: the inline stack is 1 KiB and only written. */
+    struct copy_stack s;
+    s.n = 0;
+    s.cap = 64;
     s.items = s.small;
     bool ok = copy_push(&s, &root, t);
     while (ok && s.n > 0) {
