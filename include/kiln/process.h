@@ -39,9 +39,9 @@ typedef struct kiln_behaviour {
      * msg is borrowed: the runtime frees it after the call unless the
      * handler forwarded it (kiln_send) or took it (kiln_msg_take). */
     kiln_action (*handle)(void *state, kiln_msg *msg);
-    /* Called when the process stops normally (handle returned KILN_STOP) or
-     * when an exit signal kills a process that traps exits... see the guide.
-     * May be NULL. */
+    /* Called whenever the process ends after a successful init, for any
+     * reason (KILN_STOP, an exit signal, kill, runtime shutdown), so C state
+     * can always be freed; reason is the exit reason. May be NULL. */
     void (*terminate)(void *state, kiln_term reason);
 } kiln_behaviour;
 
@@ -94,10 +94,12 @@ int kiln_receive(kiln_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **
 
 /* Synchronous call (in a process), the gen_server protocol: sends
  * {'$gen_call', {Self, [alias|Ref]}, Request} with request's root as
- * Request, waits for {[alias|Ref], Reply}. request is consumed. On KILN_OK
- * *reply is a message whose root is Reply. Errors: KILN_ETIMEOUT (a late
- * reply never arrives), KILN_ENOPROC (no such process or it died first: then
- * *reason, when not NULL, gets the exit reason in a new message). */
+ * Request, waits for {[alias|Ref], Reply}. request is consumed; to is a
+ * pid, a registered name or {Name, Node}. On KILN_OK *reply is a message
+ * whose root is Reply. Errors: KILN_ETIMEOUT (a late reply never arrives),
+ * KILN_ENOPROC (no such process: returned at once), KILN_EEXIT (it died
+ * before replying). With ENOPROC and EEXIT, *reason (when not NULL) gets
+ * a message whose root is the exit reason. */
 int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply, kiln_msg **reason);
 /* Answer a call. from is the {Pid, Tag} term from the request (it may live
  * in the borrowed request message); reply is consumed. */
@@ -145,8 +147,8 @@ kiln_term kiln_whereis(kiln_rt *rt, kiln_term name);
 /* ---- aliases (OTP 24) ---- */
 
 /* alias(): a new reference that routes messages to the calling process
- * until kiln_unalias. explicit_unalias=false also ends it after the first
- * message (reply_demonitor-style aliases use that). */
+ * until kiln_unalias; with reply_once it also ends after the first message
+ * it delivers (OTP's {alias, reply_demonitor} style). */
 int kiln_alias(bool reply_once, kiln_msg *ref_msg, kiln_term *alias);
 int kiln_unalias(kiln_term alias);
 
