@@ -1,8 +1,9 @@
 /* Stack overflow reports. Process stacks have a guard page; a fault in it
- * would otherwise be an anonymous SIGSEGV. Workers run a handler on an
- * alternate stack that names the process, then aborts: the stack is gone,
- * so there is nothing safe to continue with. ASan reports overflows itself,
- * so sanitizer builds leave SIGSEGV to it. */
+ * would otherwise be an anonymous SIGSEGV (sanitizers cannot report it
+ * either: their handlers run into the same dead stack). Workers run a
+ * handler on an alternate stack that names the process, then aborts: the
+ * stack is gone, so there is nothing safe to continue with. Faults
+ * elsewhere go to whatever handler was there before. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +13,7 @@
 #include "alloc.h"
 #include "rt.h"
 
-#if !defined(KILN_ASAN) && !defined(KILN_TSAN) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define KILN_GUARD 1
-#endif
 
 #ifdef KILN_GUARD
 static _Thread_local void *alt_stack;
