@@ -1,0 +1,326 @@
+%% The Erlang half of Kiln's benchmarks: the same scenarios as
+%% perf/kiln_bench.c, driven by perf/run.
+%%
+%%   erl -noshell +P 2000000 -pa DIR -run perf_bench main SCENARIO full|quick REPS
+%%
+%% prints one line per timed repetition, which perf/run parses:
+%%
+%%   RESULT <scenario> <unit> <value>
+%%
+%% and optional "INFO <scenario> <text>" lines for humans. Exit status 0 on
+%% success; on failure an "ERROR" line on stderr and status 1.
+-module(perf_bench).
+
+-export([main/1]).
+
+-define(PAR_PAIRS, 30).
+-define(RING_SIZE, 1000).
+-define(SPAWN_FULL, 1000000).
+-define(SPAWN_QUICK, 100000).
+%% One-way senders outrun their receivers, so every message sent may sit in
+%% a queue at once: cap the count to keep memory bounded.
+-define(ONEWAY_MAX, 10000000).
+
+main([Scenario, Mode, RepsS]) ->
+    Cfg = #{quick => Mode =:= "quick", reps => list_to_integer(RepsS)},
+    %% A fresh process does the work: -run evaluates in a process we do not
+    %% own, and this keeps the benchmark's heap separate from init's.
+    {Pid, Ref} = spawn_monitor(fun() -> exit({done, run(Scenario, Cfg)}) end),
+    receive
+        {'DOWN', Ref, process, Pid, {done, ok}} ->
+            halt(0);
+        {'DOWN', Ref, process, Pid, Reason} ->
+            io:format(standard_error, "ERROR ~s: ~p~n", [Scenario, Reason]),
+            halt(1)
+    end;
+main(Args) ->
+    io:format(standard_error, "usage: perf_bench SCENARIO full|quick REPS (got ~p)~n", [Args]),
+    halt(2).
+
+run("call_seq_local_number", Cfg) -> call_seq("call_seq_local_number", fun() -> 12345 end, Cfg);
+run("call_seq_local_string", Cfg) -> call_seq("call_seq_local_string", fun() -> "hello world" end, Cfg);
+run("call_seq_local_pid", Cfg) -> call_seq("call_seq_local_pid", fun() -> self() end, Cfg);
+run("call_seq_local_binary_1mb", Cfg) ->
+    %% binary:copy makes a refcounted off-heap binary, as a 1 MB binary built
+    %% at run time would be; sends share it, they do not copy it.
+    call_seq("call_seq_local_binary_1mb", fun() -> binary:copy(<<0>>, 1048576) end, Cfg);
+run("call_par_local", Cfg) -> call_par(Cfg);
+run("oneway_local_1to1", Cfg) -> oneway("oneway_local_1to1", 1, Cfg);
+run("oneway_local_2to2", Cfg) -> oneway("oneway_local_2to2", 2, Cfg);
+run("spawn_1m", Cfg) -> spawn_bench(Cfg);
+run("mem_per_process", Cfg) -> mem_bench(Cfg);
+run("ring", Cfg) -> ring(Cfg);
+run(Other, _Cfg) -> {unknown_scenario, Other}.
+
+%% ---- helpers ----
+
+now_ns() -> erlang:monotonic_time(nanosecond).
+
+report(Scenario, Unit, Value) ->
+    io:format("RESULT ~s ~s ~.3f~n", [Scenario, Unit, float(Value)]).
+
+info(Scenario, Fmt, Args) ->
+    io:format("INFO ~s " ++ Fmt ++ "~n", [Scenario | Args]).
+
+%% A probe run must last this long before its rate is trusted; the timed
+%% runs are then sized to last about target_ns each.
+probe_ns(#{quick := true}) -> 10000000;
+probe_ns(_) -> 100000000.
+target_ns(#{quick := true}) -> 50000000;
+target_ns(_) -> 600000000.
+
+%% Run(N) performs N units of work and returns the elapsed ns. Doubling from
+%% Min doubles as the warm-up; the result is the N for the timed runs.
+calibrate(Run, Min, Max, Cfg) ->
+    calibrate(Run, Min, Min, Max, probe_ns(Cfg), target_ns(Cfg)).
+
+calibrate(Run, N, Min, Max, Probe, Target) ->
+    T = max(Run(N), 1),
+    if
+        T >= Probe; N >= Max ->
+            min(Max, max(Min, ceil(N * Target / T)));
+        true ->
+            calibrate(Run, min(Max, N * 2), Min, Max, Probe, Target)
+    end.
+
+repeat(Reps, Fun) -> lists:foreach(fun(_) -> Fun() end, lists:seq(1, Reps)).
+
+%% ---- call_seq_local_*: one client, one gen_server, sequential calls ----
+
+call_seq(Name, MakeReq, Cfg = #{reps := Reps}) ->
+    {ok, Server} = gen_server:start(perf_echo, [], []),
+    Req = MakeReq(),
+    Req = gen_server:call(Server, Req), % the echo really echoes
+    Run = fun(N) ->
+                  T0 = now_ns(),
+                  call_loop(Server, Req, N),
+                  now_ns() - T0
+          end,
+    N = calibrate(Run, 1000, 100000000, Cfg),
+    info(Name, "calls_per_run=~b", [N]),
+    repeat(Reps, fun() -> report(Name, "ns/call", Run(N) / N) end),
+    gen_server:stop(Server),
+    ok.
+
+call_loop(_Server, _Req, 0) -> ok;
+call_loop(Server, Req, N) ->
+    _ = gen_server:call(Server, Req, infinity),
+    call_loop(Server, Req, N - 1).
+
+%% ---- call_par_local: 30 client/server pairs calling at once ----
+
+call_par(Cfg = #{reps := Reps}) ->
+    Main = self(),
+    Clients = [begin
+                   {ok, S} = gen_server:start(perf_echo, [], []),
+                   spawn_link(fun() -> par_client(Main, S) end)
+               end || _ <- lists:seq(1, ?PAR_PAIRS)],
+    Run = fun(N) ->
+                  T0 = now_ns(),
+                  [C ! {go, N} || C <- Clients],
+                  [receive {done, C} -> ok end || C <- Clients],
+                  now_ns() - T0
+          end,
+    N = calibrate(Run, 100, 10000000, Cfg),
+    info("call_par_local", "pairs=~b calls_per_client=~b", [?PAR_PAIRS, N]),
+    repeat(Reps, fun() ->
+                         report("call_par_local", "ns/call", Run(N) / (N * ?PAR_PAIRS))
+                 end),
+    [begin unlink(C), exit(C, kill) end || C <- Clients],
+    ok.
+
+par_client(Main, Server) ->
+    receive
+        {go, N} ->
+            call_loop(Server, ping, N),
+            Main ! {done, self()},
+            par_client(Main, Server)
+    end.
+
+%% ---- oneway_local_*: fire-and-forget sends, Pairs senders each to its own
+%% receiver (ergo's local 1-1 and N-N ping); timed until every receiver has
+%% counted all its messages. ----
+
+oneway(Name, Pairs, Cfg = #{reps := Reps}) ->
+    Main = self(),
+    Receivers = [spawn_link(fun() -> oneway_receiver(Main) end) || _ <- lists:seq(1, Pairs)],
+    Run = fun(N) ->
+                  %% The receiver must know N before the first message lands.
+                  [R ! {expect, N} || R <- Receivers],
+                  [receive {ready, R} -> ok end || R <- Receivers],
+                  T0 = now_ns(),
+                  [spawn(fun() -> send_loop(R, N) end) || R <- Receivers],
+                  [receive {done, R} -> ok end || R <- Receivers],
+                  now_ns() - T0
+          end,
+    N = calibrate(Run, 10000, ?ONEWAY_MAX, Cfg),
+    info(Name, "pairs=~b msgs_per_sender=~b", [Pairs, N]),
+    repeat(Reps, fun() ->
+                         T = Run(N),
+                         report(Name, "msgs/s", N * Pairs * 1.0e9 / T)
+                 end),
+    [begin unlink(R), exit(R, kill) end || R <- Receivers],
+    ok.
+
+oneway_receiver(Main) ->
+    receive
+        {expect, N} ->
+            Main ! {ready, self()},
+            count(N),
+            Main ! {done, self()},
+            oneway_receiver(Main)
+    end.
+
+count(0) -> ok;
+count(N) -> receive _ -> count(N - 1) end.
+
+send_loop(_To, 0) -> ok;
+send_loop(To, N) ->
+    To ! 1,
+    send_loop(To, N - 1).
+
+%% ---- spawn_1m: spawn idle processes; timed until the last one has run ----
+
+spawn_count(#{quick := true}) -> ?SPAWN_QUICK;
+spawn_count(_) -> ?SPAWN_FULL.
+
+spawn_bench(Cfg = #{reps := Reps}) ->
+    N = spawn_count(Cfg),
+    %% Warm the allocators and the process table with a small batch first.
+    Base = erlang:system_info(process_count),
+    _ = spawn_idle_counted(10000),
+    stop_all_idle(Base),
+    repeat_cleanup(Reps, fun() ->
+                                 {T0, T1, _} = spawn_idle_counted(N),
+                                 report("spawn_1m", "ns/spawn", (T1 - T0) / N),
+                                 info("spawn_1m", "alive=~b",
+                                      [erlang:system_info(process_count) - Base])
+                         end, Base),
+    ok.
+
+%% Like repeat/2, but kills the idle processes between repetitions (not
+%% after the last: halt does that for free). perf/run runs these scenarios
+%% in a fresh VM per repetition anyway, so this is for manual runs.
+repeat_cleanup(1, Fun, _Base) -> Fun();
+repeat_cleanup(Reps, Fun, Base) ->
+    Fun(),
+    stop_all_idle(Base),
+    repeat_cleanup(Reps - 1, Fun, Base).
+
+%% Spawns N idle processes; each bumps a shared counter and waits for
+%% 'stop', and the one that brings the counter to N reports the time, so the
+%% clock stops when every process has run and the spawn loop has ended (as
+%% on the Kiln side). The spawner is a process, as in Kiln's benchmark.
+%% Returns {T0, TEnd, Last} with Last the pid of the process that started
+%% last.
+spawn_idle_counted(N) ->
+    Main = self(),
+    A = atomics:new(1, []),
+    T0 = now_ns(),
+    counted_n(N, N, A, Main),
+    TLoop = now_ns(),
+    receive {all_started, TLast, Last} -> {T0, max(TLast, TLoop), Last} end.
+
+counted_n(0, _N, _A, _Main) -> ok;
+counted_n(K, N, A, Main) ->
+    spawn(fun() -> counted_idle(N, A, Main) end),
+    counted_n(K - 1, N, A, Main).
+
+counted_idle(N, A, Main) ->
+    case atomics:add_get(A, 1, 1) of
+        N -> Main ! {all_started, now_ns(), self()};
+        _ -> ok
+    end,
+    receive stop -> ok end.
+
+%% Kills every process beyond the Before count that this benchmark made and
+%% waits until they are gone, so the next repetition starts from scratch.
+stop_all_idle(Before) ->
+    [exit(P, kill) || P <- processes(), is_idle(P)],
+    wait_count(Before).
+
+is_idle(P) ->
+    case process_info(P, current_function) of
+        {current_function, {?MODULE, counted_idle, 3}} -> true;
+        %% 'undefined' (it died meanwhile) and every other process
+        _ -> false
+    end.
+
+wait_count(Before) ->
+    case erlang:system_info(process_count) > Before of
+        true -> timer:sleep(5), wait_count(Before);
+        false -> ok
+    end.
+
+%% ---- mem_per_process: RSS growth per idle process ----
+
+%% Resident set size of this OS process, from /proc/self/statm (the same
+%% source the Kiln side reads).
+rss_bytes(PageSize) ->
+    {ok, Bin} = file:read_file("/proc/self/statm"),
+    [_Size, Resident | _] = string:lexemes(binary_to_list(Bin), " \n"),
+    list_to_integer(Resident) * PageSize.
+
+%% Erlang has no sysconf; getconf answers on every Linux Kiln runs on.
+page_size() ->
+    list_to_integer(string:trim(os:cmd("getconf PAGESIZE"))).
+
+%% No warm-up here: the baseline is the VM at rest, so the delta charges
+%% the processes with everything they make the VM allocate.
+mem_bench(Cfg = #{reps := Reps}) ->
+    N = spawn_count(Cfg),
+    PageSize = page_size(),
+    Base = erlang:system_info(process_count),
+    repeat_cleanup(Reps, fun() ->
+                                 garbage_collect(),
+                                 Rss0 = rss_bytes(PageSize),
+                                 Mem0 = erlang:memory(processes),
+                                 {_, _, Last} = spawn_idle_counted(N),
+                                 Rss1 = rss_bytes(PageSize),
+                                 Mem1 = erlang:memory(processes),
+                                 report("mem_per_process", "bytes/proc", (Rss1 - Rss0) / N),
+                                 {memory, One} = process_info(Last, memory),
+                                 info("mem_per_process",
+                                      "processes=~b rss_delta=~b "
+                                      "memory(processes)_delta_per_proc=~.1f "
+                                      "process_info_memory=~b",
+                                      [N, Rss1 - Rss0, (Mem1 - Mem0) / N, One])
+                         end, Base),
+    ok.
+
+%% ---- ring: 1000 processes pass a token round and round ----
+
+ring(Cfg = #{reps := Reps}) ->
+    Main = self(),
+    Pids = [spawn_link(fun() -> ring_start(Main) end) || _ <- lists:seq(1, ?RING_SIZE)],
+    Nexts = tl(Pids) ++ [hd(Pids)],
+    [P ! {next, Next} || {P, Next} <- lists:zip(Pids, Nexts)],
+    First = hd(Pids),
+    Run = fun(Laps) ->
+                  Hops = Laps * ?RING_SIZE,
+                  T0 = now_ns(),
+                  First ! Hops,
+                  receive ring_done -> ok end,
+                  now_ns() - T0
+          end,
+    MinLaps = case Cfg of #{quick := true} -> 10; _ -> 1000 end,
+    Laps = calibrate(Run, MinLaps, 1000000, Cfg),
+    info("ring", "processes=~b laps=~b", [?RING_SIZE, Laps]),
+    repeat(Reps, fun() ->
+                         report("ring", "ns/hop", Run(Laps) / (Laps * ?RING_SIZE))
+                 end),
+    [begin unlink(P), exit(P, kill) end || P <- Pids],
+    ok.
+
+ring_start(Main) ->
+    receive {next, Next} -> ring_loop(Next, Main) end.
+
+ring_loop(Next, Main) ->
+    receive
+        0 ->
+            Main ! ring_done,
+            ring_loop(Next, Main);
+        H ->
+            Next ! H - 1,
+            ring_loop(Next, Main)
+    end.

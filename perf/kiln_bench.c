@@ -1,0 +1,782 @@
+/* The Kiln half of the benchmarks: the same scenarios as
+ * perf/erlang/perf_bench.erl, driven by perf/run.
+ *
+ *   kiln_bench SCENARIO [--quick] [--reps N] [--workers N]
+ *   kiln_bench --list
+ *
+ * prints one line per timed repetition, which perf/run parses:
+ *
+ *   RESULT <scenario> <unit> <value>
+ *
+ * and "INFO <scenario> <text>" lines for humans. On failure: an "ERROR"
+ * line on stderr and exit status 1.
+ *
+ * Both halves follow the same recipe so their numbers compare: the same
+ * request terms, the same process topology, the clock started and stopped
+ * at the same points, the same calibration (double a probe run until it
+ * lasts long enough, then size the timed runs to ~0.6 s each).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <inttypes.h>
+#include <semaphore.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <kiln/kiln.h>
+
+#define MAX_REPS 32
+#define PAR_PAIRS 30
+#define RING_SIZE 1000
+#define SPAWN_FULL 1000000u
+#define SPAWN_QUICK 100000u
+#define SPAWN_WARM 10000u
+/* One-way senders outrun their receivers, so every message sent may sit in
+ * a queue at once: cap the count to keep memory bounded. */
+#define ONEWAY_MAX 10000000u
+#define BINARY_SIZE (1024u * 1024u)
+/* Arena room for a request or reply: the longest one, "hello world" as a
+ * list, is 11 cons cells of 16 bytes. Sized so no message grows a chunk. */
+#define REQ_HINT 192
+
+static struct {
+    bool quick;
+    int reps;
+    unsigned workers;
+    kiln_rt *rt;
+} g = {.reps = 3};
+
+/* ---- helpers ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Benchmarks have no recovery story: report and leave. _Exit, because this
+ * may run on a worker thread while the runtime is busy. */
+static _Noreturn void die(const char *what, int rc)
+{
+    fflush(stdout);
+    fprintf(stderr, "ERROR %s: %s (%d)\n", what, kiln_strerror(rc), rc);
+    fflush(stderr);
+    _Exit(1);
+}
+
+static void report(const char *scenario, const char *unit, double value)
+{
+    printf("RESULT %s %s %.3f\n", scenario, unit, value);
+    fflush(stdout);
+}
+
+static void info(const char *scenario, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("INFO %s ", scenario);
+    vprintf(fmt, ap);
+    putchar('\n');
+    va_end(ap);
+    fflush(stdout);
+}
+
+static void wait_sem(sem_t *s)
+{
+    while (sem_wait(s) != 0)
+        if (errno != EINTR)
+            die("sem_wait", KILN_ESYS);
+}
+
+static void start_rt(void)
+{
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.workers = g.workers;
+    int rc = kiln_rt_start(&cfg, &g.rt);
+    if (rc != KILN_OK)
+        die("kiln_rt_start", rc);
+}
+
+static void stop_rt(void)
+{
+    int rc = kiln_rt_stop(g.rt);
+    if (rc != KILN_OK)
+        die("kiln_rt_stop", rc);
+    g.rt = NULL;
+}
+
+/* Sends a small integer from outside the runtime: the control messages
+ * (go, token, stop) the main thread hands to processes. */
+static void send_small(kiln_term to, int64_t v)
+{
+    kiln_msg *m = kiln_msg_new(0);
+    if (!m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_msg_set_term(m, kiln_small(v));
+    int rc = kiln_rt_send(g.rt, to, m);
+    if (rc != KILN_OK)
+        die("kiln_rt_send", rc);
+}
+
+/* run(ctx, n) performs n units of work and returns the elapsed ns. The
+ * doubling probe runs are also the warm-up. Returns n for the timed runs. */
+typedef uint64_t (*run_fn)(void *ctx, uint64_t n);
+
+static uint64_t calibrate(run_fn run, void *ctx, uint64_t min, uint64_t max)
+{
+    const double probe = g.quick ? 10e6 : 100e6;
+    const double target = g.quick ? 50e6 : 600e6;
+    uint64_t n = min;
+    for (;;) {
+        uint64_t t = run(ctx, n);
+        if (t == 0)
+            t = 1;
+        if ((double)t >= probe || n >= max) {
+            double want = (double)n * target / (double)t;
+            if (want < (double)min)
+                return min;
+            if (want > (double)max)
+                return max;
+            return (uint64_t)want;
+        }
+        n = n * 2 > max ? max : n * 2;
+    }
+}
+
+/* ---- the echo server of the call scenarios ---- */
+
+static int echo_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+
+/* gen_server's handle_call(Req, _From, S) -> {reply, Req, S}. */
+static kiln_action echo_handle(void *state, kiln_msg *msg)
+{
+    (void)state;
+    kiln_term from, req;
+    if (kiln_match_call(kiln_msg_term(msg), &from, &req) != KILN_OK)
+        return KILN_CONTINUE;
+    kiln_msg *reply = kiln_msg_new(REQ_HINT);
+    if (!reply)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term copy = kiln_term_copy(reply, req);
+    if (kiln_is_none(copy))
+        die("kiln_term_copy", KILN_ENOMEM);
+    kiln_msg_set_term(reply, copy);
+    int rc = kiln_reply(from, reply);
+    if (rc != KILN_OK)
+        die("kiln_reply", rc);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour echo_behaviour = {
+    .name = "perf_echo", .init = echo_init, .handle = echo_handle, .terminate = NULL};
+
+static kiln_term spawn_echo(void)
+{
+    kiln_term pid;
+    int rc = kiln_spawn(g.rt, &echo_behaviour, NULL, NULL, &pid);
+    if (rc != KILN_OK)
+        die("kiln_spawn(echo)", rc);
+    return pid;
+}
+
+/* ---- call_seq_local_*: one client, one server, sequential calls ---- */
+
+enum req_kind { REQ_NUMBER, REQ_STRING, REQ_PID, REQ_BINARY, REQ_ATOM };
+
+struct call_spec {
+    enum req_kind kind;
+    kiln_bin *bin;   /* REQ_BINARY: one 1 MB blob every request shares */
+    kiln_term atom;  /* REQ_ATOM */
+};
+
+/* The request is built afresh in each call's message, as Erlang builds (or
+ * copies) it into each message it sends. */
+static kiln_term make_request(kiln_msg *m, const struct call_spec *spec)
+{
+    switch (spec->kind) {
+    case REQ_NUMBER: return kiln_int(m, 12345);
+    case REQ_STRING: return kiln_string(m, "hello world", 11);
+    case REQ_PID: return kiln_self();
+    case REQ_BINARY: return kiln_binary_from_bin(m, spec->bin, 0, BINARY_SIZE);
+    case REQ_ATOM: return spec->atom;
+    }
+    return KILN_NONE;
+}
+
+static void call_n(kiln_term server, const struct call_spec *spec, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        kiln_msg *req = kiln_msg_new(REQ_HINT);
+        if (!req)
+            die("kiln_msg_new", KILN_ENOMEM);
+        kiln_term t = make_request(req, spec);
+        if (kiln_is_none(t))
+            die("make_request", KILN_ENOMEM);
+        kiln_msg_set_term(req, t);
+        kiln_msg *reply = NULL;
+        int rc = kiln_call(server, req, -1, &reply, NULL);
+        if (rc != KILN_OK)
+            die("kiln_call", rc);
+        kiln_msg_free(reply);
+    }
+}
+
+/* One call whose reply must equal the request: a benchmark of a server
+ * that answers wrongly would measure nothing. */
+static void check_echo(kiln_term server, const struct call_spec *spec)
+{
+    kiln_msg *expect = kiln_msg_new(REQ_HINT);
+    kiln_msg *req = kiln_msg_new(REQ_HINT);
+    if (!expect || !req)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term want = make_request(expect, spec);
+    kiln_msg_set_term(req, make_request(req, spec));
+    kiln_msg *reply = NULL;
+    int rc = kiln_call(server, req, -1, &reply, NULL);
+    if (rc != KILN_OK)
+        die("kiln_call", rc);
+    if (!kiln_term_eq(kiln_msg_term(reply), want))
+        die("echo reply differs from the request", KILN_EBADTERM);
+    kiln_msg_free(reply);
+    kiln_msg_free(expect);
+}
+
+struct seq_ctx {
+    kiln_term server;
+    struct call_spec spec;
+    uint64_t n;
+    double ns_per_call[MAX_REPS];
+    sem_t done;
+};
+
+static uint64_t seq_run(void *arg, uint64_t n)
+{
+    struct seq_ctx *c = arg;
+    uint64_t t0 = now_ns();
+    call_n(c->server, &c->spec, n);
+    return now_ns() - t0;
+}
+
+/* The client is a process (kiln_call needs one) on its own stack. */
+static void seq_client(void *arg)
+{
+    struct seq_ctx *c = arg;
+    check_echo(c->server, &c->spec);
+    c->n = calibrate(seq_run, c, 1000, 100000000);
+    for (int r = 0; r < g.reps; r++)
+        c->ns_per_call[r] = (double)seq_run(c, c->n) / (double)c->n;
+    sem_post(&c->done);
+}
+
+static void bench_call_seq(const char *name, enum req_kind kind)
+{
+    static struct seq_ctx c; /* static: the client's stack is small */
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    c.spec.kind = kind;
+    if (kind == REQ_BINARY) {
+        c.spec.bin = kiln_bin_alloc(BINARY_SIZE);
+        if (!c.spec.bin)
+            die("kiln_bin_alloc", KILN_ENOMEM);
+        memset(kiln_bin_data(c.spec.bin), 0, BINARY_SIZE);
+    }
+    c.server = spawn_echo();
+    kiln_term client;
+    int rc = kiln_spawn_fn(g.rt, seq_client, &c, NULL, &client);
+    if (rc != KILN_OK)
+        die("kiln_spawn_fn(client)", rc);
+    wait_sem(&c.done);
+    info(name, "calls_per_run=%" PRIu64, c.n);
+    for (int r = 0; r < g.reps; r++)
+        report(name, "ns/call", c.ns_per_call[r]);
+    if (c.spec.bin)
+        kiln_bin_decref(c.spec.bin); /* messages still alive hold their own refs */
+    sem_destroy(&c.done);
+}
+
+/* ---- call_par_local: 30 client/server pairs calling at once ---- */
+
+struct par_ctx {
+    kiln_term servers[PAR_PAIRS], clients[PAR_PAIRS];
+    struct call_spec spec;
+    _Atomic unsigned remaining;
+    sem_t done;
+};
+
+struct par_client_arg {
+    struct par_ctx *ctx;
+    kiln_term server;
+};
+
+/* Waits for "go N", makes N calls, reports; "go 0" ends it. */
+static void par_client(void *arg)
+{
+    struct par_client_arg *a = arg;
+    for (;;) {
+        kiln_msg *m = NULL;
+        int rc = kiln_receive(NULL, NULL, -1, &m);
+        if (rc != KILN_OK)
+            die("kiln_receive", rc);
+        int64_t n = kiln_small_value(kiln_msg_term(m));
+        kiln_msg_free(m);
+        if (n <= 0)
+            return;
+        call_n(a->server, &a->ctx->spec, (uint64_t)n);
+        if (atomic_fetch_sub(&a->ctx->remaining, 1) == 1)
+            sem_post(&a->ctx->done);
+    }
+}
+
+static uint64_t par_run(void *arg, uint64_t n)
+{
+    struct par_ctx *c = arg;
+    atomic_store(&c->remaining, PAR_PAIRS);
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < PAR_PAIRS; i++)
+        send_small(c->clients[i], (int64_t)n);
+    wait_sem(&c->done);
+    return now_ns() - t0;
+}
+
+static void bench_call_par(const char *name)
+{
+    static struct par_ctx c;
+    static struct par_client_arg args[PAR_PAIRS];
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    c.spec.kind = REQ_ATOM;
+    c.spec.atom = kiln_atom_c("ping");
+    for (int i = 0; i < PAR_PAIRS; i++) {
+        c.servers[i] = spawn_echo();
+        args[i] = (struct par_client_arg){.ctx = &c, .server = c.servers[i]};
+        int rc = kiln_spawn_fn(g.rt, par_client, &args[i], NULL, &c.clients[i]);
+        if (rc != KILN_OK)
+            die("kiln_spawn_fn(client)", rc);
+    }
+    uint64_t n = calibrate(par_run, &c, 100, 10000000);
+    info(name, "pairs=%d calls_per_client=%" PRIu64, PAR_PAIRS, n);
+    for (int r = 0; r < g.reps; r++)
+        report(name, "ns/call", (double)par_run(&c, n) / (double)(n * PAR_PAIRS));
+    for (int i = 0; i < PAR_PAIRS; i++)
+        send_small(c.clients[i], 0);
+}
+
+/* ---- oneway_local_*: fire-and-forget sends, `pairs` senders each to its
+ * own receiver (ergo's local 1-1 and N-N ping); timed until every receiver
+ * has counted all its messages. ---- */
+
+struct ow_ctx;
+
+struct ow_receiver {
+    struct ow_ctx *ctx;
+    uint64_t count, target; /* set by main while the receiver is idle */
+};
+
+struct ow_sender_arg {
+    kiln_term dest;
+    uint64_t n;
+};
+
+struct ow_ctx {
+    unsigned pairs;
+    struct ow_receiver recv[2];
+    struct ow_sender_arg send[2];
+    kiln_term rpids[2];
+    _Atomic unsigned remaining;
+    sem_t done;
+};
+
+static int ow_recv_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+
+static kiln_action ow_recv_handle(void *state, kiln_msg *msg)
+{
+    struct ow_receiver *r = state;
+    (void)msg;
+    if (++r->count == r->target && atomic_fetch_sub(&r->ctx->remaining, 1) == 1)
+        sem_post(&r->ctx->done);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour ow_receiver_behaviour = {
+    .name = "perf_oneway_receiver", .init = ow_recv_init, .handle = ow_recv_handle};
+
+static void ow_sender(void *arg)
+{
+    const struct ow_sender_arg *a = arg;
+    for (uint64_t i = 0; i < a->n; i++) {
+        kiln_msg *m = kiln_msg_new(0);
+        if (!m)
+            die("kiln_msg_new", KILN_ENOMEM);
+        kiln_msg_set_term(m, kiln_small(1));
+        int rc = kiln_send(a->dest, m);
+        if (rc != KILN_OK)
+            die("kiln_send", rc);
+    }
+}
+
+static uint64_t ow_run(void *arg, uint64_t n)
+{
+    struct ow_ctx *c = arg;
+    /* The receivers are idle here; the spawn and the sends that follow
+     * publish these writes to them. */
+    for (unsigned i = 0; i < c->pairs; i++) {
+        c->recv[i].count = 0;
+        c->recv[i].target = n;
+        c->send[i] = (struct ow_sender_arg){.dest = c->rpids[i], .n = n};
+    }
+    atomic_store(&c->remaining, c->pairs);
+    uint64_t t0 = now_ns();
+    for (unsigned i = 0; i < c->pairs; i++) {
+        kiln_term pid;
+        int rc = kiln_spawn_fn(g.rt, ow_sender, &c->send[i], NULL, &pid);
+        if (rc != KILN_OK)
+            die("kiln_spawn_fn(sender)", rc);
+    }
+    wait_sem(&c->done);
+    return now_ns() - t0;
+}
+
+static void bench_oneway(const char *name, unsigned pairs)
+{
+    static struct ow_ctx c;
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    c.pairs = pairs;
+    for (unsigned i = 0; i < pairs; i++) {
+        c.recv[i] = (struct ow_receiver){.ctx = &c, .count = 0, .target = UINT64_MAX};
+        int rc = kiln_spawn(g.rt, &ow_receiver_behaviour, &c.recv[i], NULL, &c.rpids[i]);
+        if (rc != KILN_OK)
+            die("kiln_spawn(receiver)", rc);
+    }
+    uint64_t n = calibrate(ow_run, &c, 10000, ONEWAY_MAX);
+    info(name, "pairs=%u msgs_per_sender=%" PRIu64, pairs, n);
+    for (int r = 0; r < g.reps; r++) {
+        uint64_t t = ow_run(&c, n);
+        report(name, "msgs/s", (double)(n * pairs) * 1e9 / (double)t);
+    }
+}
+
+/* ---- ring: 1000 processes pass a token round and round ---- */
+
+struct ring_ctx;
+
+struct ring_node {
+    struct ring_ctx *ctx;
+    kiln_term next;
+};
+
+struct ring_ctx {
+    struct ring_node nodes[RING_SIZE];
+    kiln_term pids[RING_SIZE];
+    sem_t done;
+};
+
+static int ring_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+
+/* The token is the number of hops left. Each hop sends a new message, as
+ * Erlang's Next ! H - 1 does, rather than forwarding the borrowed one. */
+static kiln_action ring_handle(void *state, kiln_msg *msg)
+{
+    struct ring_node *node = state;
+    int64_t left = kiln_small_value(kiln_msg_term(msg));
+    if (left == 0) {
+        sem_post(&node->ctx->done);
+        return KILN_CONTINUE;
+    }
+    kiln_msg *m = kiln_msg_new(0);
+    if (!m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_msg_set_term(m, kiln_small(left - 1));
+    int rc = kiln_send(node->next, m);
+    if (rc != KILN_OK)
+        die("kiln_send", rc);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour ring_behaviour = {
+    .name = "perf_ring", .init = ring_init, .handle = ring_handle};
+
+static uint64_t ring_run(void *arg, uint64_t laps)
+{
+    struct ring_ctx *c = arg;
+    uint64_t t0 = now_ns();
+    send_small(c->pids[0], (int64_t)(laps * RING_SIZE));
+    wait_sem(&c->done);
+    return now_ns() - t0;
+}
+
+static void bench_ring(const char *name)
+{
+    static struct ring_ctx c;
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    for (int i = 0; i < RING_SIZE; i++) {
+        c.nodes[i].ctx = &c;
+        int rc = kiln_spawn(g.rt, &ring_behaviour, &c.nodes[i], NULL, &c.pids[i]);
+        if (rc != KILN_OK)
+            die("kiln_spawn(ring)", rc);
+    }
+    /* No token moves before ring_run, whose send publishes these. */
+    for (int i = 0; i < RING_SIZE; i++)
+        c.nodes[i].next = c.pids[(i + 1) % RING_SIZE];
+    uint64_t laps = calibrate(ring_run, &c, g.quick ? 10 : 1000, 1000000);
+    info(name, "processes=%d laps=%" PRIu64, RING_SIZE, laps);
+    for (int r = 0; r < g.reps; r++)
+        report(name, "ns/hop", (double)ring_run(&c, laps) / (double)(laps * RING_SIZE));
+}
+
+/* ---- spawn_1m and mem_per_process: idle processes ---- */
+
+struct spawn_ctx {
+    uint64_t n;
+    kiln_term *pids;          /* when not NULL, every pid (warm-up only) */
+    kiln_term last;           /* the last pid spawned */
+    uint64_t t0, t_loop_end;  /* the spawner's loop */
+    _Atomic uint64_t started;
+    _Atomic uint64_t t_last;  /* when the n-th process ran its init */
+    sem_t done;               /* posted by the n-th init and by the spawner */
+};
+
+/* An idle process counts itself in and then waits; the one that completes
+ * the count stops the clock, so the timing covers every init having run
+ * (Erlang's side does the same with atomics:add_get). */
+static int idle_init(void *arg, void **state)
+{
+    struct spawn_ctx *c = arg;
+    *state = NULL;
+    if (atomic_fetch_add(&c->started, 1) + 1 == c->n) {
+        atomic_store(&c->t_last, now_ns());
+        sem_post(&c->done);
+    }
+    return KILN_OK;
+}
+
+/* Any message stops it: the warm-up cleans up that way. */
+static kiln_action idle_handle(void *state, kiln_msg *msg)
+{
+    (void)state;
+    (void)msg;
+    return KILN_STOP;
+}
+
+static const kiln_behaviour idle_behaviour = {
+    .name = "perf_idle", .init = idle_init, .handle = idle_handle};
+
+/* The spawner is a process, as Erlang's spawner is. */
+static void spawner(void *arg)
+{
+    struct spawn_ctx *c = arg;
+    kiln_term pid = KILN_NONE;
+    c->t0 = now_ns();
+    for (uint64_t i = 0; i < c->n; i++) {
+        int rc = kiln_spawn(g.rt, &idle_behaviour, c, NULL, &pid);
+        if (rc != KILN_OK)
+            die("kiln_spawn(idle)", rc);
+        if (c->pids)
+            c->pids[i] = pid;
+    }
+    c->last = pid;
+    c->t_loop_end = now_ns();
+    sem_post(&c->done);
+}
+
+/* Spawns n idle processes from a spawner process; returns ns from the
+ * first spawn until both the n-th init has run and the spawner's loop has
+ * ended (an init may run before its kiln_spawn returns). */
+static uint64_t spawn_idle(struct spawn_ctx *c, uint64_t n, kiln_term *pids)
+{
+    memset(c, 0, sizeof *c);
+    sem_init(&c->done, 0, 0);
+    c->n = n;
+    c->pids = pids;
+    kiln_term sp;
+    int rc = kiln_spawn_fn(g.rt, spawner, c, NULL, &sp);
+    if (rc != KILN_OK)
+        die("kiln_spawn_fn(spawner)", rc);
+    wait_sem(&c->done);
+    wait_sem(&c->done);
+    sem_destroy(&c->done);
+    uint64_t t_last = atomic_load(&c->t_last);
+    return (t_last > c->t_loop_end ? t_last : c->t_loop_end) - c->t0;
+}
+
+static void wait_process_count(size_t want)
+{
+    uint64_t deadline = now_ns() + 60000000000u;
+    while (kiln_rt_process_count(g.rt) > want) {
+        if (now_ns() > deadline)
+            die("idle processes did not stop", KILN_ETIMEOUT);
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+    }
+}
+
+/* A small batch first, so the timed run does not pay for first-touch set-up
+ * that any long-lived runtime has already paid. */
+static void spawn_warm_up(void)
+{
+    static kiln_term pids[SPAWN_WARM];
+    static struct spawn_ctx c;
+    size_t base = kiln_rt_process_count(g.rt);
+    spawn_idle(&c, SPAWN_WARM, pids);
+    for (size_t i = 0; i < SPAWN_WARM; i++)
+        send_small(pids[i], 0);
+    wait_process_count(base);
+}
+
+static uint64_t spawn_count(void) { return g.quick ? SPAWN_QUICK : SPAWN_FULL; }
+
+static void bench_spawn(const char *name)
+{
+    static struct spawn_ctx c;
+    uint64_t n = spawn_count();
+    for (int r = 0; r < g.reps; r++) {
+        /* A repetition kills its n processes the quick way: a new runtime.
+         * perf/run uses a fresh OS process per repetition anyway. */
+        if (r > 0) {
+            stop_rt();
+            start_rt();
+        }
+        spawn_warm_up();
+        uint64_t t = spawn_idle(&c, n, NULL);
+        report(name, "ns/spawn", (double)t / (double)n);
+        /* The spawner may not have finished exiting yet: it is counted. */
+        info(name, "alive=%zu", kiln_rt_process_count(g.rt));
+    }
+}
+
+/* Resident set size, from /proc/self/statm (the Erlang side reads the same
+ * file of its own VM). */
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, resident = 0;
+    if (!f || fscanf(f, "%llu %llu", &size, &resident) != 2)
+        die("reading /proc/self/statm", KILN_ESYS);
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* No warm-up: the baseline is the runtime at rest, so the delta charges the
+ * processes with everything they make the runtime allocate. */
+static void bench_mem(const char *name)
+{
+    static struct spawn_ctx c;
+    uint64_t n = spawn_count();
+    for (int r = 0; r < g.reps; r++) {
+        if (r > 0) {
+            stop_rt();
+            start_rt();
+        }
+        uint64_t rss0 = rss_bytes();
+        spawn_idle(&c, n, NULL);
+        uint64_t rss1 = rss_bytes();
+        report(name, "bytes/proc", ((double)rss1 - (double)rss0) / (double)n);
+        kiln_proc_info pi;
+        memset(&pi, 0, sizeof pi);
+        int rc = kiln_process_info(g.rt, c.last, &pi);
+        kiln_rt_stats st;
+        kiln_rt_get_stats(g.rt, &st);
+        info(name,
+             "processes=%" PRIu64 " rss_delta=%" PRIu64 " process_info_memory=%zu (rc %d) "
+             "stacks_in_use=%" PRIu64,
+             n, rss1 - rss0, pi.memory, rc, st.stacks_in_use);
+    }
+}
+
+/* ---- main ---- */
+
+struct scenario {
+    const char *name;
+    void (*run)(const char *name);
+};
+
+static void s_number(const char *name) { bench_call_seq(name, REQ_NUMBER); }
+static void s_string(const char *name) { bench_call_seq(name, REQ_STRING); }
+static void s_pid(const char *name) { bench_call_seq(name, REQ_PID); }
+static void s_binary(const char *name) { bench_call_seq(name, REQ_BINARY); }
+static void s_par(const char *name) { bench_call_par(name); }
+static void s_1to1(const char *name) { bench_oneway(name, 1); }
+static void s_2to2(const char *name) { bench_oneway(name, 2); }
+static void s_spawn(const char *name) { bench_spawn(name); }
+static void s_mem(const char *name) { bench_mem(name); }
+static void s_ring(const char *name) { bench_ring(name); }
+
+static const struct scenario scenarios[] = {
+    {"call_seq_local_number", s_number},
+    {"call_seq_local_string", s_string},
+    {"call_seq_local_pid", s_pid},
+    {"call_seq_local_binary_1mb", s_binary},
+    {"call_par_local", s_par},
+    {"oneway_local_1to1", s_1to1},
+    {"oneway_local_2to2", s_2to2},
+    {"spawn_1m", s_spawn},
+    {"mem_per_process", s_mem},
+    {"ring", s_ring},
+};
+
+static _Noreturn void usage(void)
+{
+    fprintf(stderr, "usage: kiln_bench SCENARIO [--quick] [--reps N] [--workers N]\n"
+                    "       kiln_bench --list\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const struct scenario *sc = NULL;
+    size_t nsc = sizeof scenarios / sizeof scenarios[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--list") == 0) {
+            for (size_t k = 0; k < nsc; k++)
+                puts(scenarios[k].name);
+            return 0;
+        } else if (strcmp(a, "--quick") == 0) {
+            g.quick = true;
+        } else if (strcmp(a, "--reps") == 0 && i + 1 < argc) {
+            g.reps = atoi(argv[++i]);
+            if (g.reps < 1 || g.reps > MAX_REPS)
+                usage();
+        } else if (strcmp(a, "--workers") == 0 && i + 1 < argc) {
+            g.workers = (unsigned)atoi(argv[++i]);
+        } else if (a[0] != '-' && !sc) {
+            for (size_t k = 0; k < nsc; k++)
+                if (strcmp(a, scenarios[k].name) == 0)
+                    sc = &scenarios[k];
+            if (!sc) {
+                fprintf(stderr, "kiln_bench: unknown scenario '%s' (see --list)\n", a);
+                return 2;
+            }
+        } else {
+            usage();
+        }
+    }
+    if (!sc)
+        usage();
+    start_rt();
+    sc->run(sc->name);
+    stop_rt();
+    return 0;
+}
