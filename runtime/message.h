@@ -6,6 +6,7 @@
 #define KILN_RUNTIME_MESSAGE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 
 #include "kiln/term.h"
 
@@ -69,6 +70,19 @@ static inline uint64_t *kiln_arena_alloc(kiln_msg *m, size_t n)
         return p;
     }
     return kiln_arena_grow(m, n);
+}
+
+/* Make sure the next n words can be bump-allocated from one block (for
+ * decoders that want a whole term contiguous). False on allocation failure. */
+static inline bool kiln_arena_reserve(kiln_msg *m, size_t n)
+{
+    if ((size_t)(m->end - m->cur) >= n)
+        return true;
+    uint64_t *p = kiln_arena_grow(m, n);
+    if (!p)
+        return false;
+    m->cur = p; /* grow handed out n words of a fresh chunk: give them back */
+    return true;
 }
 
 /* A message sized for n words of terms without growing. */

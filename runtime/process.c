@@ -289,6 +289,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
     if (!kiln_is_none(name))
         kiln_registry_drop(rt, name, p->pid);
 
+    kiln_recv_timer_cancel(p);
     kiln_ptab_remove(rt, p);
     kiln_mb_mark_dead(&p->mb);
     /* Whatever was queued before the mark is answered now; later arrivals

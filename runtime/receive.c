@@ -1,8 +1,14 @@
 /* Selective receive. Messages the matcher passes over stay in the save
  * list in arrival order; a later receive scans them again, then the new
- * arrivals. A timeout is a timer that sends the process a TIMEOUT signal
- * carrying the receive's generation, so a late one is recognised and
- * dropped. */
+ * arrivals.
+ *
+ * Timeouts: a process has at most one receive timer. It is armed lazily
+ * and left armed when a receive ends early: the next receive (a call
+ * loop's, typically, with the same timeout) finds it due no later than its
+ * own deadline and keeps it. When it fires before the current deadline,
+ * the process re-arms for the rest. So a steady stream of calls with
+ * timeouts does no timer work per call, and pending timers stay bounded
+ * by the number of processes. */
 #include "alloc.h"
 #include "rt.h"
 
@@ -18,11 +24,35 @@ static void unlink_saved(struct kiln_proc *p, kiln_msg *prev, kiln_msg *m)
     p->save_len--;
 }
 
+void kiln_recv_timer_fired(struct kiln_proc *p, const kiln_msg *m)
+{
+    if (m->aux32 == p->recv_gen)
+        p->recv_timer = 0;
+}
+
+void kiln_recv_timer_cancel(struct kiln_proc *p)
+{
+    if (p->recv_timer && kiln_cancel_timer(p->rt, p->recv_timer, NULL) == KILN_OK)
+        p->recv_timer = 0;
+}
+
+/* Make sure a TIMEOUT arrives no later than deadline. */
+static int arm(struct kiln_proc *p, uint64_t deadline, uint64_t now)
+{
+    if (p->recv_timer && p->recv_timer_at <= deadline)
+        return KILN_OK;
+    /* If the old one fired meanwhile its TIMEOUT is stale: the generation
+     * moves on so it will not be taken for the new one. */
+    if (p->recv_timer)
+        kiln_cancel_timer(p->rt, p->recv_timer, NULL);
+    p->recv_gen++;
+    p->recv_timer_at = deadline;
+    return kiln_timer_receive_timeout(p->rt, p->pid, p->recv_gen, deadline - now, &p->recv_timer);
+}
+
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out)
 {
-    kiln_rt *rt = p->rt;
-    uint32_t gen = ++p->recv_gen;
-    kiln_timer timer = 0;
+    uint64_t deadline = 0;
     if (p->max_mailbox) {
         kiln_proc_drain(p);
         kiln_proc_trim(p);
@@ -33,11 +63,11 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
         while (m) {
             kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
             if (m->kind == KILN_MK_TIMEOUT) {
-                bool ours = m->aux32 == gen;
+                kiln_recv_timer_fired(p, m);
                 unlink_saved(p, prev, m);
                 kiln_msg_free(m);
-                if (ours)
-                    return KILN_ETIMEOUT; /* the timer fired: nothing to cancel */
+                if (deadline && kiln_now_ms() >= deadline)
+                    return KILN_ETIMEOUT;
                 m = next;
                 continue;
             }
@@ -45,8 +75,6 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
                 unlink_saved(p, prev, m);
                 if (m->kind != KILN_MK_WAKE)
                     atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
-                if (timer)
-                    kiln_cancel_timer(rt, timer, NULL);
                 *out = m;
                 return KILN_OK;
             }
@@ -59,8 +87,13 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
             continue;
         if (timeout_ms == 0)
             return KILN_ETIMEOUT;
-        if (timeout_ms > 0 && !timer) {
-            int rc = kiln_timer_receive_timeout(rt, p->pid, gen, (uint64_t)timeout_ms, &timer);
+        if (timeout_ms > 0) {
+            uint64_t now = kiln_now_ms();
+            if (!deadline)
+                deadline = now + (uint64_t)timeout_ms;
+            if (now >= deadline)
+                return KILN_ETIMEOUT;
+            int rc = arm(p, deadline, now);
             if (rc != KILN_OK)
                 return rc;
         }

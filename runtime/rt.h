@@ -77,7 +77,7 @@ struct kiln_proc {
     _Atomic uint32_t status;      /* kiln_proc_status, for process_info */
     _Atomic uint32_t flags;       /* enum kiln_proc_flag; written by the owner only */
     atomic_flag lock;             /* guards ext->name against register/exit races */
-    uint32_t recv_gen;            /* receive-timeout generation */
+    uint32_t recv_gen;            /* generation of the armed receive timer */
     const kiln_behaviour *beh;
     void *state;                  /* behaviour state, or fn argument */
     void (*fn)(void *);
@@ -88,6 +88,8 @@ struct kiln_proc {
     uint32_t max_mailbox;         /* 0 = unbounded; set at spawn, read by senders */
     uint32_t overflow;            /* kiln_overflow */
     kiln_msg *current;            /* borrowed message in handle() */
+    kiln_timer recv_timer;        /* the one receive timer, 0 when none is armed */
+    uint64_t recv_timer_at;       /* when it fires (kiln_now_ms) */
     kiln_msg *exit_reason;        /* root = reason once stopping */
     struct kiln_proc_ext *_Atomic ext; /* written once by the owner, read by process_info */
     void *init_arg;
@@ -265,6 +267,9 @@ int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg);
 /* ---- receive.c ---- */
 typedef bool (*kiln_msg_match_fn)(kiln_msg *m, void *arg);
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out);
+/* A TIMEOUT signal was taken from the queue: forget the timer it came from. */
+void kiln_recv_timer_fired(struct kiln_proc *p, const kiln_msg *m);
+void kiln_recv_timer_cancel(struct kiln_proc *p);
 void kiln_save_append(struct kiln_proc *p, kiln_msg *m);
 
 /* ---- ref.c ---- */

@@ -401,6 +401,8 @@ kiln_msg *kiln_proc_next_message(struct kiln_proc *p)
         p->save_len--;
         if (m->kind == KILN_MK_TIMEOUT || m->kind == KILN_MK_WAKE) {
             /* Left over from a receive that already finished. */
+            if (m->kind == KILN_MK_TIMEOUT)
+                kiln_recv_timer_fired(p, m);
             kiln_msg_free(m);
             continue;
         }

@@ -7,5 +7,6 @@
 #include "kiln/runtime.h"
 #include "kiln/process.h"
 #include "kiln/timer.h"
+#include "kiln/etf.h"
 
 #endif

@@ -218,6 +218,43 @@ static void test_call_timeout_drops_late_reply(void **state)
     kiln_rt_stop(rt);
 }
 
+/* ---- many calls with timeouts do not pile up timers ---- */
+
+struct many_calls {
+    kiln_term server;
+    int failures;
+    uint64_t max_pending;
+};
+
+static void many_calls_body(void *arg)
+{
+    struct many_calls *mc = arg;
+    for (int i = 0; i < 20000; i++) {
+        kiln_msg *reply;
+        if (kiln_call(mc->server, kiln_test_msg("~i", (int64_t)i), 5000, &reply, NULL) != KILN_OK) {
+            mc->failures++;
+            continue;
+        }
+        kiln_msg_free(reply);
+        uint64_t pend = kiln_timers_pending(kiln_current_rt());
+        if (pend > mc->max_pending)
+            mc->max_pending = pend;
+    }
+}
+
+static void test_calls_with_timeouts_keep_timers_bounded(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct many_calls mc = {0};
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &mc.server), KILN_OK);
+    kiln_test_run_in_process(rt, many_calls_body, &mc, 30000);
+    assert_int_equal(mc.failures, 0);
+    /* One lazily re-armed receive timer for the caller, not one per call. */
+    assert_true(mc.max_pending <= 1);
+    kiln_rt_stop(rt);
+}
+
 /* ---- stacks only while blocked ---- */
 
 struct blocker {
@@ -486,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_selective_receive_keeps_order),
         cmocka_unit_test(test_call_reply_noproc_and_exit),
         cmocka_unit_test(test_call_timeout_drops_late_reply),
+        cmocka_unit_test(test_calls_with_timeouts_keep_timers_bounded),
         cmocka_unit_test(test_idle_processes_hold_no_stack),
         cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
         cmocka_unit_test(test_bounded_mailbox_policies),
