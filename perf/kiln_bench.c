@@ -705,6 +705,285 @@ static void bench_mem(const char *name)
     }
 }
 
+/* ---- etf_encode / etf_decode: a mixed corpus through the ETF codec ----
+ *
+ * The corpus (perf/README.md defines it; perf_bench.erl builds the same):
+ *   tuples      1000 terms {ok, I, <<"abc">>}, I = 0..999
+ *   map_1k      one map #{K => <<K,K,K,K,K,K,K,K,K>>}, K = 0..63 (1030 bytes)
+ *   pids_200    one list of 200 pids of live idle processes
+ *   binary_1mb  one 1 MiB binary, byte i = i mod 256 (refcounted)
+ * Each of the 1003 terms is encoded (or decoded) on its own, with its 131
+ * version byte, as term_to_binary/binary_to_term handle one term per call.
+ * MB/s = ETF bytes (10^6 per MB) per second of wall time.
+ */
+
+#define ETF_TUPLES 1000
+#define ETF_MAP_KEYS 64
+#define ETF_MAP_VALUE 9
+#define ETF_PIDS 200
+#define ETF_TERMS (ETF_TUPLES + 3)
+
+enum { PART_TUPLES, PART_MAP, PART_PIDS, PART_BINARY, N_PARTS };
+static const char *const part_names[N_PARTS] = {"tuples", "map_1k", "pids_200", "binary_1mb"};
+
+struct etf_ctx;
+/* One encode or decode of corpus term i; returns the ETF bytes it handled,
+ * which the run checks against the corpus size (and which keeps the work
+ * observable to the compiler). */
+typedef size_t (*etf_op)(struct etf_ctx *c, size_t i);
+
+struct etf_ctx {
+    kiln_msg *m;                   /* owns every corpus term */
+    kiln_term terms[ETF_TERMS];
+    size_t first[N_PARTS + 1];     /* part p is terms[first[p] .. first[p + 1]) */
+    kiln_term pids[ETF_PIDS];
+    uint8_t *bytes[ETF_TERMS];     /* each term's flat encoding, for decoding */
+    size_t len[ETF_TERMS];
+    size_t part_bytes[N_PARTS], total_bytes;
+    kiln_etf_enc *enc;             /* reused across terms and runs */
+    etf_op op;
+    uint64_t part_ns[N_PARTS];     /* of the last run */
+};
+
+/* The pids of the corpus belong to live processes, as on the Erlang side;
+ * each waits for one message and ends. */
+static void etf_pid_holder(void *arg)
+{
+    (void)arg;
+    kiln_msg *m = NULL;
+    int rc = kiln_receive(NULL, NULL, -1, &m);
+    if (rc != KILN_OK)
+        die("kiln_receive", rc);
+    kiln_msg_free(m);
+}
+
+static void etf_build_corpus(struct etf_ctx *c)
+{
+    /* Room for the tuples and the map without growing chunks. */
+    c->m = kiln_msg_new(128 * 1024);
+    if (!c->m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    size_t k = 0;
+    c->first[PART_TUPLES] = k;
+    for (int64_t i = 0; i < ETF_TUPLES; i++)
+        c->terms[k++] = kiln_tuple(c->m, 3, KILN_ATOM_OK, kiln_small(i), kiln_binary(c->m, "abc", 3));
+
+    c->first[PART_MAP] = k;
+    kiln_term keys[ETF_MAP_KEYS], values[ETF_MAP_KEYS];
+    for (int64_t i = 0; i < ETF_MAP_KEYS; i++) {
+        uint8_t v[ETF_MAP_VALUE];
+        memset(v, (int)i, sizeof v);
+        keys[i] = kiln_small(i);
+        values[i] = kiln_binary(c->m, v, sizeof v);
+    }
+    c->terms[k++] = kiln_map(c->m, ETF_MAP_KEYS, keys, values);
+
+    c->first[PART_PIDS] = k;
+    for (int i = 0; i < ETF_PIDS; i++) {
+        int rc = kiln_spawn_fn(g.rt, etf_pid_holder, NULL, NULL, &c->pids[i]);
+        if (rc != KILN_OK)
+            die("kiln_spawn_fn(pid holder)", rc);
+    }
+    c->terms[k++] = kiln_list_v(c->m, ETF_PIDS, c->pids, KILN_NIL);
+
+    c->first[PART_BINARY] = k;
+    /* At least KILN_REFC_BIN_MIN bytes, so kiln_binary makes it refcounted:
+     * the kind of binary the encoder may hand out by reference. */
+    uint8_t *blob = malloc(BINARY_SIZE);
+    if (!blob)
+        die("malloc", KILN_ENOMEM);
+    for (size_t i = 0; i < BINARY_SIZE; i++)
+        blob[i] = (uint8_t)i;
+    c->terms[k++] = kiln_binary(c->m, blob, BINARY_SIZE);
+    free(blob);
+    c->first[N_PARTS] = k;
+
+    for (size_t i = 0; i < k; i++)
+        if (kiln_is_none(c->terms[i]))
+            die("building the ETF corpus", KILN_ENOMEM);
+
+    /* Flat encodings: what etf_decode decodes, the byte counts of both
+     * scenarios, and a round-trip check (a codec that loses information
+     * would be fast for nothing). */
+    for (int p = 0; p < N_PARTS; p++) {
+        for (size_t i = c->first[p]; i < c->first[p + 1]; i++) {
+            int rc = kiln_etf_term_to_bytes(c->terms[i], NULL, &c->bytes[i], &c->len[i]);
+            if (rc != KILN_OK)
+                die("kiln_etf_term_to_bytes", rc);
+            kiln_msg *back = NULL;
+            rc = kiln_etf_decode(c->bytes[i], c->len[i], NULL, &back, NULL);
+            if (rc != KILN_OK)
+                die("kiln_etf_decode", rc);
+            if (!kiln_term_eq(kiln_msg_term(back), c->terms[i]))
+                die("ETF round trip changed a corpus term", KILN_EBADTERM);
+            kiln_msg_free(back);
+            c->part_bytes[p] += c->len[i];
+        }
+        c->total_bytes += c->part_bytes[p];
+    }
+    c->enc = kiln_etf_enc_new(NULL); /* minor_version 1: term_to_binary/1 of OTP 25 */
+    if (!c->enc)
+        die("kiln_etf_enc_new", KILN_ENOMEM);
+}
+
+static void etf_free_corpus(struct etf_ctx *c)
+{
+    kiln_etf_enc_free(c->enc);
+    for (size_t i = 0; i < ETF_TERMS; i++)
+        free(c->bytes[i]);
+    kiln_msg_free(c->m);
+    for (int i = 0; i < ETF_PIDS; i++)
+        send_small(c->pids[i], 0);
+}
+
+/* The design: the reused encoder's output as iovecs, ready for writev; the
+ * 1 MiB binary is referenced there, not copied. */
+static size_t etf_enc_iov(struct etf_ctx *c, size_t i)
+{
+    kiln_etf_enc_reset(c->enc);
+    int rc = kiln_etf_enc_whole(c->enc, c->terms[i]);
+    if (rc != KILN_OK)
+        die("kiln_etf_enc_whole", rc);
+    size_t n;
+    const struct iovec *iov = kiln_etf_enc_iov(c->enc, &n);
+    if (!iov)
+        die("kiln_etf_enc_iov", KILN_ENOMEM);
+    return kiln_etf_enc_size(c->enc);
+}
+
+/* What term_to_binary returns: one new flat buffer per term, every byte
+ * copied into it (the same encoder, then kiln_etf_enc_copy). */
+static size_t etf_enc_flat(struct etf_ctx *c, size_t i)
+{
+    kiln_etf_enc_reset(c->enc);
+    int rc = kiln_etf_enc_whole(c->enc, c->terms[i]);
+    if (rc != KILN_OK)
+        die("kiln_etf_enc_whole", rc);
+    size_t n = kiln_etf_enc_size(c->enc);
+    uint8_t *out = malloc(n);
+    if (!out)
+        die("malloc", KILN_ENOMEM);
+    kiln_etf_enc_copy(c->enc, out);
+    free(out);
+    return n;
+}
+
+/* The one-call user API, kiln_etf_term_to_bytes: a new encoder per term. */
+static size_t etf_enc_oneshot(struct etf_ctx *c, size_t i)
+{
+    uint8_t *out;
+    size_t n;
+    int rc = kiln_etf_term_to_bytes(c->terms[i], NULL, &out, &n);
+    if (rc != KILN_OK)
+        die("kiln_etf_term_to_bytes", rc);
+    free(out);
+    return n;
+}
+
+/* binary_to_term: a new message per term, freed at once (Erlang's decoded
+ * terms become garbage its GC collects). */
+static size_t etf_dec(struct etf_ctx *c, size_t i)
+{
+    kiln_msg *m = NULL;
+    int rc = kiln_etf_decode(c->bytes[i], c->len[i], NULL, &m, NULL);
+    if (rc != KILN_OK)
+        die("kiln_etf_decode", rc);
+    kiln_msg_free(m);
+    return c->len[i];
+}
+
+/* n passes over the corpus, part by part (so each part's time is known);
+ * returns the total ns. */
+static uint64_t etf_run(void *arg, uint64_t n)
+{
+    struct etf_ctx *c = arg;
+    uint64_t total = 0;
+    for (int p = 0; p < N_PARTS; p++) {
+        size_t bytes = 0;
+        uint64_t t0 = now_ns();
+        for (uint64_t r = 0; r < n; r++)
+            for (size_t i = c->first[p]; i < c->first[p + 1]; i++)
+                bytes += c->op(c, i);
+        c->part_ns[p] = now_ns() - t0;
+        total += c->part_ns[p];
+        if (bytes != c->part_bytes[p] * n)
+            die("ETF byte count differs from the corpus's", KILN_EBADTERM);
+    }
+    return total;
+}
+
+static double mb_per_s(size_t bytes, uint64_t n, uint64_t ns)
+{
+    return (double)bytes * (double)n * 1e3 / (double)(ns ? ns : 1);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Calibrates and times one path; each repetition is a RESULT line when
+ * `result` (the path in the table), else only INFO lines, the last giving
+ * the median of the repetitions. */
+static void etf_path(const char *name, struct etf_ctx *c, etf_op op, const char *path,
+                     bool result)
+{
+    c->op = op;
+    uint64_t n = calibrate(etf_run, c, 1, 1000000);
+    double v[MAX_REPS];
+    for (int r = 0; r < g.reps; r++) {
+        uint64_t t = etf_run(c, n);
+        v[r] = mb_per_s(c->total_bytes, n, t);
+        info(name, "path=%s rep=%d passes=%" PRIu64 " MB/s: total=%.1f %s=%.1f %s=%.1f %s=%.1f %s=%.1f",
+             path, r + 1, n, v[r], part_names[0], mb_per_s(c->part_bytes[0], n, c->part_ns[0]),
+             part_names[1], mb_per_s(c->part_bytes[1], n, c->part_ns[1]), part_names[2],
+             mb_per_s(c->part_bytes[2], n, c->part_ns[2]), part_names[3],
+             mb_per_s(c->part_bytes[3], n, c->part_ns[3]));
+        if (result)
+            report(name, "MB/s", v[r]);
+    }
+    qsort(v, (size_t)g.reps, sizeof v[0], cmp_double);
+    info(name, "path=%s median MB/s=%.1f%s", path, v[g.reps / 2],
+         result ? " (the table's number)" : " (not in the table)");
+}
+
+static void etf_info_bytes(const char *name, const struct etf_ctx *c)
+{
+    /* perf/run compares this line between the two sides: they must have
+     * encoded the same corpus to the same bytes. */
+    info(name, "etf_bytes=%zu %s=%zu %s=%zu %s=%zu %s=%zu", c->total_bytes, part_names[0],
+         c->part_bytes[0], part_names[1], c->part_bytes[1], part_names[2], c->part_bytes[2],
+         part_names[3], c->part_bytes[3]);
+}
+
+/* Runs on the main thread: the codec needs no process, and the runtime's
+ * workers stay idle (the pid holders wait in kiln_receive). */
+static void bench_etf_encode(const char *name)
+{
+    static struct etf_ctx c; /* static: large, and zeroed */
+    etf_build_corpus(&c);
+    etf_info_bytes(name, &c);
+    /* Show that the binary really leaves as a borrowed segment. */
+    etf_enc_iov(&c, c.first[PART_BINARY]);
+    size_t niov;
+    kiln_etf_enc_iov(c.enc, &niov);
+    info(name, "binary_1mb_iovecs=%zu", niov);
+    etf_path(name, &c, etf_enc_iov, "iov", true);
+    etf_path(name, &c, etf_enc_flat, "flat", false);
+    etf_path(name, &c, etf_enc_oneshot, "term_to_bytes", false);
+    etf_free_corpus(&c);
+}
+
+static void bench_etf_decode(const char *name)
+{
+    static struct etf_ctx c;
+    etf_build_corpus(&c);
+    etf_info_bytes(name, &c);
+    etf_path(name, &c, etf_dec, "decode", true);
+    etf_free_corpus(&c);
+}
+
 /* ---- main ---- */
 
 struct scenario {
@@ -722,6 +1001,8 @@ static void s_2to2(const char *name) { bench_oneway(name, 2); }
 static void s_spawn(const char *name) { bench_spawn(name); }
 static void s_mem(const char *name) { bench_mem(name); }
 static void s_ring(const char *name) { bench_ring(name); }
+static void s_etf_encode(const char *name) { bench_etf_encode(name); }
+static void s_etf_decode(const char *name) { bench_etf_decode(name); }
 
 static const struct scenario scenarios[] = {
     {"call_seq_local_number", s_number},
@@ -734,6 +1015,8 @@ static const struct scenario scenarios[] = {
     {"spawn_1m", s_spawn},
     {"mem_per_process", s_mem},
     {"ring", s_ring},
+    {"etf_encode", s_etf_encode},
+    {"etf_decode", s_etf_decode},
 };
 
 static _Noreturn void usage(void)

@@ -101,11 +101,6 @@ void kiln_blocking_fini(kiln_rt *rt)
     rt->blocking = NULL;
 }
 
-static bool match_wake(kiln_msg *m, void *arg)
-{
-    return m->kind == KILN_MK_WAKE && m->aux == *(uint64_t *)arg;
-}
-
 int kiln_blocking(void *(*fn)(void *arg), void *arg, void **result)
 {
     struct kiln_proc *p = kiln_current_proc();
@@ -138,7 +133,7 @@ int kiln_blocking(void *(*fn)(void *arg), void *arg, void **result)
     pthread_mutex_unlock(&bp->lock);
 
     kiln_msg *m;
-    int rc = kiln_proc_receive(p, match_wake, &id, -1, &m);
+    int rc = kiln_wait_wake(p, id, -1, &m);
     if (rc != KILN_OK)
         return rc;
     if (result)

@@ -35,6 +35,13 @@ const char *kiln_strerror(int code)
     case KILN_ETRAILING: return "trailing bytes after term";
     case KILN_EUNSUPPORTED_TERM: return "unsupported external term";
     case KILN_ETOOBIG: return "declared size over the configured limit";
+    case KILN_EPROTO: return "distribution protocol violation";
+    case KILN_ENOSPC: return "output buffer too small";
+    case KILN_EBADCOOKIE: return "handshake digest mismatch (wrong cookie)";
+    case KILN_EDFLAGS: return "peer lacks mandatory distribution flags";
+    case KILN_EBADNODE: return "bad or unexpected node name";
+    case KILN_EREFUSED: return "connection refused by the peer";
+    case KILN_EBADREQ: return "unknown EPMD request";
     case KILN_ELAST: break;
     }
     return "unknown error";

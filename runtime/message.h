@@ -35,7 +35,10 @@ enum kiln_msg_flag {
     KILN_MF_MONITOR = 1u << 0,
     /* A reply whose sender dropped the caller's monitor itself (it was the
      * monitored process): the caller need not send DEMONITOR. */
-    KILN_MF_DEMONITORED = 1u << 1
+    KILN_MF_DEMONITORED = 1u << 1,
+    /* A WAKE whose result (from) is a new socket: if nobody takes the
+     * message, the socket is closed with it. */
+    KILN_MF_IO_FD = 1u << 2
 };
 
 struct kiln_msg_chunk {

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "io.h"
 #include "rt.h"
 
 struct kiln_proc_ext *kiln_proc_ext(struct kiln_proc *p)
@@ -16,6 +17,8 @@ struct kiln_proc_ext *kiln_proc_ext(struct kiln_proc *p)
     if (!n)
         return NULL;
     n->name = KILN_NONE;
+    n->io_fd = -1;
+    n->io_owned_fd = -1;
     if (atomic_compare_exchange_strong_explicit(&p->ext, &e, n, memory_order_acq_rel, memory_order_acquire))
         return n;
     kiln_free(n);
@@ -290,6 +293,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
         kiln_registry_drop(rt, name, p->pid);
 
     kiln_recv_timer_cancel(p);
+    kiln_io_abandon(p);
     kiln_ptab_remove(rt, p);
     kiln_mb_mark_dead(&p->mb);
     /* Whatever was queued before the mark is answered now; later arrivals
@@ -299,7 +303,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
         kiln_signal_answer_dead(rt, p->pid, m);
     while ((m = p->save_head)) {
         p->save_head = atomic_load_explicit(&m->next, memory_order_relaxed);
-        kiln_msg_free(m);
+        kiln_signal_answer_dead(rt, p->pid, m);
     }
     p->save_tail = NULL;
     kiln_signals_on_exit(p, reason);

@@ -126,6 +126,16 @@ int kiln_receive(kiln_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **
     return kiln_proc_receive(p, match_user, &u, timeout_ms, out);
 }
 
+static bool match_wake(kiln_msg *m, void *arg)
+{
+    return m->kind == KILN_MK_WAKE && m->aux == *(const uint64_t *)arg;
+}
+
+int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_msg **out)
+{
+    return kiln_proc_receive(p, match_wake, &id, timeout_ms, out);
+}
+
 static bool match_nothing(kiln_msg *m, void *arg)
 {
     (void)m;

@@ -62,6 +62,14 @@ struct kiln_proc_ext {
     struct kiln_vec monitored_by; /* struct kiln_monitor: they watch me */
     struct kiln_vec aliases;      /* uint64_t ref numbers, high bit = reply_once */
     kiln_term name;               /* registered name or KILN_NONE; under the proc lock */
+    int io_errno;                 /* the last system error from kiln/io.h calls */
+    /* The I/O operation this process waits on (the back end's token, 0 if
+     * none) and a socket being connected on its behalf (-1 if none): a
+     * process that dies while waiting abandons them (io.c). */
+    uint64_t io_token;
+    int io_fd;
+    bool io_write;
+    int io_owned_fd;
     /* Sizes of the vectors above, readable by other threads (process_info). */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
@@ -185,6 +193,7 @@ struct kiln_rt {
     uint32_t creation;
 
     struct kiln_blocking_pool *blocking;
+    struct kiln_io *io;
     _Atomic uint64_t stacks_in_use;
 };
 
@@ -267,6 +276,9 @@ int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg);
 /* ---- receive.c ---- */
 typedef bool (*kiln_msg_match_fn)(kiln_msg *m, void *arg);
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out);
+/* Wait for the WAKE signal tagged id (from the blocking pool or the I/O
+ * layer); KILN_ETIMEOUT when timeout_ms passes first. */
+int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_msg **out);
 /* A TIMEOUT signal was taken from the queue: forget the timer it came from. */
 void kiln_recv_timer_fired(struct kiln_proc *p, const kiln_msg *m);
 void kiln_recv_timer_cancel(struct kiln_proc *p);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "io.h"
 #include "rt.h"
 #include "term_layout.h"
 
@@ -38,6 +39,7 @@ static void rt_free(kiln_rt *rt)
             ck_epoch_unregister(&w->epoch);
         }
     }
+    kiln_io_stop(rt);
     kiln_blocking_fini(rt);
     kiln_registry_fini(rt);
     kiln_ptab_fini(rt);
@@ -109,6 +111,8 @@ int kiln_rt_start(const kiln_rt_config *cfg, kiln_rt **out)
         goto fail;
     if ((rc = kiln_blocking_init(rt)) != KILN_OK)
         goto fail_rc;
+    if ((rc = kiln_io_start(rt)) != KILN_OK)
+        goto fail_rc;
     kiln_guard_install();
     if ((rc = kiln_sched_start(rt)) != KILN_OK)
         goto fail_rc;
@@ -159,6 +163,9 @@ int kiln_rt_stop(kiln_rt *rt)
             fprintf(stderr, "kiln: rt_stop: %zu processes have not exited yet (a handler that never returns?)\n",
                     atomic_load(&rt->live));
     }
+    /* Every process is gone: operations still in flight are cancelled and
+     * their messages freed before the workers stop. */
+    kiln_io_stop(rt);
     kiln_sched_stop(rt);
     kiln_epoch_drain_all(rt);
     rt_free(rt);

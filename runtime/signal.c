@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "io.h"
 #include "rt.h"
 
 /* ---- small vectors ---- */
@@ -186,6 +187,9 @@ void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m)
         /* A call whose monitor never got established: the caller needs its DOWN. */
         if (m->flags & KILN_MF_MONITOR)
             kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, m->aux, dead_pid, KILN_ATOM_NOPROC));
+        break;
+    case KILN_MK_WAKE:
+        kiln_io_drop_wake(m);
         break;
     default: /* messages and other signals: nothing is owed */
         break;
@@ -403,6 +407,8 @@ kiln_msg *kiln_proc_next_message(struct kiln_proc *p)
             /* Left over from a receive that already finished. */
             if (m->kind == KILN_MK_TIMEOUT)
                 kiln_recv_timer_fired(p, m);
+            else
+                kiln_io_drop_wake(m);
             kiln_msg_free(m);
             continue;
         }

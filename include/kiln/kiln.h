@@ -7,6 +7,7 @@
 #include "kiln/runtime.h"
 #include "kiln/process.h"
 #include "kiln/timer.h"
+#include "kiln/io.h"
 #include "kiln/etf.h"
 
 #endif

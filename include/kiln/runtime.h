@@ -28,6 +28,8 @@ typedef struct kiln_rt_config {
     uint64_t long_schedule_ms; /* 0 = no long-schedule reports */
     kiln_long_schedule_fn long_schedule;
     void *long_schedule_arg;
+    int io_backend;            /* kiln_io_backend (kiln/io.h); 0 = io_uring if allowed,
+                                * else epoll; KILN_IO_BACKEND=epoll|io_uring overrides */
     const char *node_name;     /* NULL = "nonode@nohost" */
     uint32_t creation;         /* node creation; 0 = none yet */
 } kiln_rt_config;

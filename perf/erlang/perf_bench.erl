@@ -50,6 +50,8 @@ run("oneway_local_2to2", Cfg) -> oneway("oneway_local_2to2", 2, Cfg);
 run("spawn_1m", Cfg) -> spawn_bench(Cfg);
 run("mem_per_process", Cfg) -> mem_bench(Cfg);
 run("ring", Cfg) -> ring(Cfg);
+run("etf_encode", Cfg) -> etf_encode(Cfg);
+run("etf_decode", Cfg) -> etf_decode(Cfg);
 run(Other, _Cfg) -> {unknown_scenario, Other}.
 
 %% ---- helpers ----
@@ -324,3 +326,105 @@ ring_loop(Next, Main) ->
             Next ! H - 1,
             ring_loop(Next, Main)
     end.
+
+%% ---- etf_encode / etf_decode: a mixed corpus through term_to_binary and
+%% binary_to_term ----
+%%
+%% The same corpus as perf/kiln_bench.c (perf/README.md defines it): 1000
+%% tuples {ok, I, <<"abc">>}, a 64-key map of 9-byte binaries (1030 bytes of
+%% ETF), a list of 200 pids of live processes, a 1 MiB binary. Each term is
+%% encoded or decoded on its own; MB/s = ETF bytes (10^6 per MB) per second.
+
+etf_corpus() ->
+    Tuples = [{ok, I, <<"abc">>} || I <- lists:seq(0, 999)],
+    Map = maps:from_list([{K, binary:copy(<<K>>, 9)} || K <- lists:seq(0, 63)]),
+    Pids = [spawn(fun() -> receive stop -> ok end end) || _ <- lists:seq(1, 200)],
+    %% binary:copy makes one refcounted off-heap binary, as Kiln's is.
+    Bin = binary:copy(list_to_binary(lists:seq(0, 255)), 4096),
+    Parts = [{"tuples", Tuples}, {"map_1k", [Map]}, {"pids_200", [Pids]},
+             {"binary_1mb", [Bin]}],
+    %% A codec that loses information would be fast for nothing.
+    [T = binary_to_term(term_to_binary(T)) || {_, Ts} <- Parts, T <- Ts],
+    Parts.
+
+%% Bytes per part of the flat encodings. perf/run compares this line between
+%% the two sides: they must have encoded the same corpus to the same bytes.
+etf_info_bytes(Name, Parts) ->
+    Sizes = [{P, lists:sum([byte_size(term_to_binary(T)) || T <- Ts])} || {P, Ts} <- Parts],
+    info(Name, "etf_bytes=~b~s",
+         [lists:sum([S || {_, S} <- Sizes]),
+          [io_lib:format(" ~s=~b", [P, S]) || {P, S} <- Sizes]]),
+    Sizes.
+
+%% Each(Terms, Acc) runs the operation once over Terms and adds the ETF bytes
+%% it handled to Acc. N passes, part by part (so each part's time is known);
+%% returns {TotalNs, [{Part, Ns}]}. The byte count is checked, which also
+%% keeps the results in use.
+etf_run(Each, Parts, Sizes, N) ->
+    Times = [begin
+                 T0 = now_ns(),
+                 Bytes = etf_passes(Each, Ts, N, 0),
+                 T = now_ns() - T0,
+                 {P, Size} = lists:keyfind(P, 1, Sizes),
+                 Bytes = Size * N,
+                 {P, T}
+             end || {P, Ts} <- Parts],
+    {lists:sum([T || {_, T} <- Times]), Times}.
+
+etf_passes(_Each, _Ts, 0, Acc) -> Acc;
+etf_passes(Each, Ts, N, Acc) -> etf_passes(Each, Ts, N - 1, Each(Ts, Acc)).
+
+mb_per_s(Bytes, N, Ns) -> Bytes * N * 1.0e3 / max(Ns, 1).
+
+%% Calibrates and times one path; each repetition is a RESULT line when
+%% Result (the path in the table), else only INFO lines, the last giving the
+%% median of the repetitions.
+etf_path(Name, Each, Parts, Sizes, Path, Result, Cfg = #{reps := Reps}) ->
+    Total = lists:sum([S || {_, S} <- Sizes]),
+    N = calibrate(fun(K) -> element(1, etf_run(Each, Parts, Sizes, K)) end, 1, 1000000, Cfg),
+    Vs = [begin
+              {T, Times} = etf_run(Each, Parts, Sizes, N),
+              V = mb_per_s(Total, N, T),
+              info(Name, "path=~s rep=~b passes=~b MB/s: total=~.1f~s",
+                   [Path, R, N, V,
+                    [io_lib:format(" ~s=~.1f", [P, mb_per_s(S, N, PT)])
+                     || {{P, S}, {P, PT}} <- lists:zip(Sizes, Times)]]),
+              Result andalso report(Name, "MB/s", V),
+              V
+          end || R <- lists:seq(1, Reps)],
+    info(Name, "path=~s median MB/s=~.1f~s",
+         [Path, lists:nth(Reps div 2 + 1, lists:sort(Vs)),
+          case Result of true -> " (the table's number)"; false -> " (not in the table)" end]).
+
+t2b_each([], Acc) -> Acc;
+t2b_each([T | Ts], Acc) -> t2b_each(Ts, Acc + byte_size(term_to_binary(T))).
+
+%% term_to_iovec (OTP 23+) references large refcounted binaries instead of
+%% copying them, as Kiln's iovec path does: shown for comparison only.
+iov_each([], Acc) -> Acc;
+iov_each([T | Ts], Acc) -> iov_each(Ts, Acc + iolist_size(erlang:term_to_iovec(T))).
+
+b2t_each([], Acc) -> Acc;
+b2t_each([B | Bs], Acc) ->
+    _ = binary_to_term(B),
+    b2t_each(Bs, Acc + byte_size(B)).
+
+etf_stop(Parts) ->
+    {_, [Pids]} = lists:keyfind("pids_200", 1, Parts),
+    [P ! stop || P <- Pids],
+    ok.
+
+etf_encode(Cfg) ->
+    Parts = etf_corpus(),
+    Sizes = etf_info_bytes("etf_encode", Parts),
+    etf_path("etf_encode", fun t2b_each/2, Parts, Sizes, "term_to_binary", true, Cfg),
+    etf_path("etf_encode", fun iov_each/2, Parts, Sizes, "term_to_iovec", false, Cfg),
+    etf_stop(Parts).
+
+etf_decode(Cfg) ->
+    Parts = etf_corpus(),
+    Sizes = etf_info_bytes("etf_decode", Parts),
+    %% Decode what term_to_binary made, one binary per term.
+    Encoded = [{P, [term_to_binary(T) || T <- Ts]} || {P, Ts} <- Parts],
+    etf_path("etf_decode", fun b2t_each/2, Encoded, Sizes, "binary_to_term", true, Cfg),
+    etf_stop(Parts).

@@ -1,0 +1,379 @@
+/* The io_uring back end. Processes put operations on one shared ring (a
+ * mutex serialises the submission side); the back end's thread reaps
+ * completions and wakes the processes.
+ *
+ * Each operation is a message whose arena is its buffer: the kernel reads
+ * and writes that memory, never the caller's. The completion fills it and
+ * the thread delivers that same message to the process as its WAKE. A
+ * process killed while it waits thus costs nothing: its stack (and the
+ * caller's buffer on it) can be reused at once, and the late completion is
+ * freed like any message to a dead process. A timeout is a linked timeout
+ * on the operation, so the operation itself always completes and always
+ * hands its message back. */
+#include <errno.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "io.h"
+#include "rt.h"
+
+#define UD_IGNORE 0ull /* linked timeouts and cancels: nothing to deliver */
+#define UD_STOP 1ull
+
+#define RING_ENTRIES 1024u
+/* Receives go through the operation's own buffer; bigger reads take
+ * several rounds. */
+#define RECV_CHUNK (256u * 1024u)
+
+struct uring_op {
+    struct __kernel_timespec ts;
+    struct sockaddr_in sa;
+    socklen_t salen;
+};
+
+struct uring_impl {
+    struct io_uring ring;
+    pthread_mutex_t lock;
+    pthread_t thread;
+    kiln_rt *rt;
+    size_t inflight;       /* under lock */
+    bool stopping;         /* under lock */
+};
+
+static struct uring_op *op_of(kiln_msg *m) { return (struct uring_op *)(void *)m->inline_data; }
+static uint8_t *data_of(kiln_msg *m) { return (uint8_t *)(op_of(m) + 1); }
+
+static kiln_msg *op_new(struct kiln_proc *p, size_t data)
+{
+    size_t words = (sizeof(struct uring_op) + data + 7) / 8;
+    kiln_msg *m = kiln_msg_new_words(words);
+    if (!m)
+        return NULL;
+    memset(op_of(m), 0, sizeof(struct uring_op));
+    m->aux = kiln_ref_next(p->rt);
+    m->root = p->pid;
+    return m;
+}
+
+static void *reaper(void *arg)
+{
+    struct uring_impl *u = arg;
+    for (;;) {
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&u->ring, &cqe);
+        if (rc == -EINTR)
+            continue;
+        if (rc < 0) {
+            fprintf(stderr, "kiln: io_uring_wait_cqe: %s\n", strerror(-rc));
+            abort();
+        }
+        bool stop_seen = false;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&u->ring, head, cqe)
+        {
+            n++;
+            if (cqe->user_data == UD_STOP) {
+                stop_seen = true;
+                continue;
+            }
+            if (cqe->user_data == UD_IGNORE)
+                continue;
+            kiln_msg *m = (kiln_msg *)(uintptr_t)cqe->user_data;
+            /* Handed over through the kernel, which TSan cannot see. */
+            KILN_TSAN_ACQUIRE(m);
+            m->kind = KILN_MK_WAKE;
+            m->from = (kiln_term)(int64_t)cqe->res;
+            pthread_mutex_lock(&u->lock);
+            u->inflight--;
+            bool stopping = u->stopping;
+            pthread_mutex_unlock(&u->lock);
+            if (stopping)
+                kiln_msg_free(m);
+            else
+                kiln_deliver_pid(u->rt, m->root, m); /* a dead process frees it */
+        }
+        io_uring_cq_advance(&u->ring, n);
+        (void)stop_seen;
+        pthread_mutex_lock(&u->lock);
+        bool done = u->stopping && u->inflight == 0;
+        pthread_mutex_unlock(&u->lock);
+        if (done)
+            return NULL;
+    }
+}
+
+/* Queue the prepared operation (and its linked timeout) and submit. */
+static int submit(struct kiln_proc *p, kiln_msg *m, void (*prep)(struct io_uring_sqe *, kiln_msg *, void *), void *arg,
+                  uint64_t deadline)
+{
+    struct uring_impl *u = p->rt->io->impl;
+    pthread_mutex_lock(&u->lock);
+    if (u->stopping) {
+        pthread_mutex_unlock(&u->lock);
+        kiln_msg_free(m);
+        return KILN_ESTOPPED;
+    }
+    unsigned need = deadline ? 2 : 1;
+    if (io_uring_sq_space_left(&u->ring) < need)
+        io_uring_submit(&u->ring);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        pthread_mutex_unlock(&u->lock);
+        kiln_msg_free(m);
+        return KILN_EBUSY;
+    }
+    prep(sqe, m, arg);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)m);
+    KILN_TSAN_RELEASE(m);
+    if (deadline) {
+        int64_t left = kiln_io_left(deadline);
+        op_of(m)->ts.tv_sec = left / 1000;
+        op_of(m)->ts.tv_nsec = (left % 1000) * 1000000;
+        sqe->flags |= IOSQE_IO_LINK;
+        struct io_uring_sqe *t = io_uring_get_sqe(&u->ring);
+        io_uring_prep_link_timeout(t, &op_of(m)->ts, 0);
+        io_uring_sqe_set_data64(t, UD_IGNORE);
+    }
+    u->inflight++;
+    io_uring_submit(&u->ring);
+    pthread_mutex_unlock(&u->lock);
+    return KILN_OK;
+}
+
+/* Submit m and wait for it to come back; returns the completion's result
+ * in *res and the message (the caller frees it). */
+static int run_op(struct kiln_proc *p, kiln_msg *m, void (*prep)(struct io_uring_sqe *, kiln_msg *, void *), void *arg,
+                  uint64_t deadline, int *res, kiln_msg **back)
+{
+    uint64_t id = m->aux;
+    struct kiln_proc_ext *e = kiln_proc_ext(p);
+    if (!e) {
+        kiln_msg_free(m);
+        return KILN_ENOMEM;
+    }
+    uint64_t token = (uint64_t)(uintptr_t)m;
+    int rc = submit(p, m, prep, arg, deadline);
+    if (rc != KILN_OK)
+        return rc;
+    /* If we die waiting, the exit path cancels the operation by this. */
+    e->io_token = token;
+    kiln_msg *w;
+    rc = kiln_wait_wake(p, id, -1, &w);
+    e->io_token = 0;
+    if (rc != KILN_OK)
+        return rc;
+    *res = (int)(int64_t)w->from;
+    *back = w;
+    return KILN_OK;
+}
+
+static int result(struct kiln_proc *p, int res, uint64_t deadline)
+{
+    /* A linked timeout cancels the operation: that is our timeout. */
+    if (res == -ECANCELED && deadline)
+        return KILN_ETIMEOUT;
+    return kiln_io_fail(p, -res);
+}
+
+/* ---- operations ---- */
+
+struct fd_arg {
+    int fd;
+    size_t len;
+    unsigned flags;
+};
+
+static void prep_accept(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
+{
+    struct fd_arg *a = arg;
+    op_of(m)->salen = sizeof(op_of(m)->sa);
+    io_uring_prep_accept(sqe, a->fd, (struct sockaddr *)&op_of(m)->sa, &op_of(m)->salen, SOCK_CLOEXEC);
+}
+
+static int u_accept(struct kiln_proc *p, int lfd, uint64_t deadline, int *fd)
+{
+    kiln_msg *m = op_new(p, 0), *back;
+    if (!m)
+        return KILN_ENOMEM;
+    m->flags |= KILN_MF_IO_FD; /* the new socket is closed if nobody takes it */
+    struct fd_arg a = {.fd = lfd};
+    int res, rc = run_op(p, m, prep_accept, &a, deadline, &res, &back);
+    if (rc != KILN_OK)
+        return rc;
+    kiln_msg_free(back);
+    if (res < 0)
+        return result(p, res, deadline);
+    *fd = res;
+    return KILN_OK;
+}
+
+static void prep_connect(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
+{
+    struct fd_arg *a = arg;
+    io_uring_prep_connect(sqe, a->fd, (struct sockaddr *)&op_of(m)->sa, sizeof(op_of(m)->sa));
+}
+
+static int u_connect(struct kiln_proc *p, int fd, const struct sockaddr_in *sa, uint64_t deadline)
+{
+    kiln_msg *m = op_new(p, 0), *back;
+    if (!m)
+        return KILN_ENOMEM;
+    op_of(m)->sa = *sa;
+    struct fd_arg a = {.fd = fd};
+    int res, rc = run_op(p, m, prep_connect, &a, deadline, &res, &back);
+    if (rc != KILN_OK)
+        return rc;
+    kiln_msg_free(back);
+    return res < 0 ? result(p, res, deadline) : KILN_OK;
+}
+
+static void prep_recv(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
+{
+    struct fd_arg *a = arg;
+    io_uring_prep_recv(sqe, a->fd, data_of(m), a->len, 0);
+}
+
+static int u_recv(struct kiln_proc *p, int fd, void *buf, size_t cap, uint64_t deadline, size_t *got)
+{
+    size_t len = cap < RECV_CHUNK ? cap : RECV_CHUNK;
+    kiln_msg *m = op_new(p, len), *back;
+    if (!m)
+        return KILN_ENOMEM;
+    struct fd_arg a = {.fd = fd, .len = len};
+    int res, rc = run_op(p, m, prep_recv, &a, deadline, &res, &back);
+    if (rc != KILN_OK)
+        return rc;
+    if (res >= 0) {
+        memcpy(buf, data_of(back), (size_t)res);
+        *got = (size_t)res;
+    }
+    kiln_msg_free(back);
+    return res < 0 ? result(p, res, deadline) : KILN_OK;
+}
+
+static void prep_send(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
+{
+    struct fd_arg *a = arg;
+    io_uring_prep_send(sqe, a->fd, data_of(m), a->len, MSG_NOSIGNAL);
+}
+
+static int u_send(struct kiln_proc *p, int fd, const struct iovec *iov, int iovcnt, uint64_t deadline, size_t *sent)
+{
+    /* All the frames go out as one operation on one buffer: one
+     * submission, one system call's worth of work for the kernel. */
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (total > RECV_CHUNK * 16)
+        total = RECV_CHUNK * 16; /* bounded copy; the caller sends the rest next round */
+    kiln_msg *m = op_new(p, total), *back;
+    if (!m)
+        return KILN_ENOMEM;
+    size_t off = 0;
+    for (int i = 0; i < iovcnt && off < total; i++) {
+        size_t n = iov[i].iov_len < total - off ? iov[i].iov_len : total - off;
+        memcpy(data_of(m) + off, iov[i].iov_base, n);
+        off += n;
+    }
+    struct fd_arg a = {.fd = fd, .len = total};
+    int res, rc = run_op(p, m, prep_send, &a, deadline, &res, &back);
+    if (rc != KILN_OK)
+        return rc;
+    kiln_msg_free(back);
+    if (res < 0)
+        return result(p, res, deadline);
+    *sent = (size_t)res;
+    return KILN_OK;
+}
+
+static void u_abandon(kiln_rt *rt, struct kiln_proc *p)
+{
+    struct uring_impl *u = rt->io->impl;
+    struct kiln_proc_ext *e = atomic_load_explicit(&p->ext, memory_order_relaxed);
+    pthread_mutex_lock(&u->lock);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+    }
+    /* The operation then completes (cancelled, or done just before) and
+     * its message goes to the dead process, which frees it. */
+    io_uring_prep_cancel64(sqe, e->io_token, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    io_uring_submit(&u->ring);
+    pthread_mutex_unlock(&u->lock);
+}
+
+static void u_forget_fd(kiln_rt *rt, int fd)
+{
+    (void)rt;
+    (void)fd; /* the kernel completes operations on a closed fd with an error */
+}
+
+static void u_stop(kiln_rt *rt)
+{
+    struct uring_impl *u = rt->io->impl;
+    pthread_mutex_lock(&u->lock);
+    u->stopping = true;
+    /* Operations that would wait forever (an accept nobody answers) are
+     * cancelled, so every message comes back and is freed. */
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+    }
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+    }
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, UD_STOP);
+    io_uring_submit(&u->ring);
+    pthread_mutex_unlock(&u->lock);
+    pthread_join(u->thread, NULL);
+    io_uring_queue_exit(&u->ring);
+    pthread_mutex_destroy(&u->lock);
+    kiln_free(u);
+}
+
+static const struct kiln_io_backend_ops uring_ops = {
+    .name = "io_uring",
+    .sock_flags = 0, /* io_uring returns -EAGAIN on O_NONBLOCK sockets */
+    .accept = u_accept,
+    .connect = u_connect,
+    .recv = u_recv,
+    .send = u_send,
+    .forget_fd = u_forget_fd,
+    .abandon = u_abandon,
+    .stop = u_stop,
+};
+
+int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
+{
+    struct uring_impl *u = kiln_calloc(1, sizeof(*u));
+    if (!u)
+        return KILN_ENOMEM;
+    int rc = io_uring_queue_init(RING_ENTRIES, &u->ring, 0);
+    if (rc < 0) {
+        kiln_free(u);
+        return rc == -ENOMEM ? KILN_ENOMEM : KILN_ENOTSUP;
+    }
+    pthread_mutex_init(&u->lock, NULL);
+    u->rt = rt;
+    if (pthread_create(&u->thread, NULL, reaper, u) != 0) {
+        io_uring_queue_exit(&u->ring);
+        pthread_mutex_destroy(&u->lock);
+        kiln_free(u);
+        return KILN_ESYS;
+    }
+    io->ops = &uring_ops;
+    io->impl = u;
+    return KILN_OK;
+}
