@@ -40,6 +40,14 @@ typedef enum kiln_err {
     KILN_ETRAILING = -47,    /* bytes left over after the term */
     KILN_EUNSUPPORTED_TERM = -48, /* valid ETF Kiln does not accept (LOCAL_EXT) */
     KILN_ETOOBIG = -49,      /* a declared size over the configured limit (compressed terms) */
+    /* distribution protocol (EPMD, handshake) errors */
+    KILN_EPROTO = -60,       /* a peer broke the protocol: unexpected or malformed message */
+    KILN_ENOSPC = -61,       /* an output buffer is too small for the message */
+    KILN_EBADCOOKIE = -62,   /* handshake digest mismatch: the peer has another cookie */
+    KILN_EDFLAGS = -63,      /* the peer lacks mandatory distribution flags */
+    KILN_EBADNODE = -64,     /* a node name is malformed, or not the node that was dialled */
+    KILN_EREFUSED = -65,     /* the peer refused the connection (not_allowed, nok, false) */
+    KILN_EBADREQ = -66,      /* an EPMD request with an unknown code */
     KILN_ELAST = -99
 } kiln_err;
 
