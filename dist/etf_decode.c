@@ -10,6 +10,7 @@
  * next), so a child is written where its parent left room for it.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -724,6 +725,13 @@ static int map_sort(kiln_term map)
     kiln_term *hp = (kiln_term *)(uintptr_t)map;
     size_t n = (size_t)(hp[0] >> 8) / 2;
     kiln_term *k = hp + 1, *v = hp + 1 + n;
+    /* Maps mostly arrive in key order already (every flat map OTP writes,
+     * and all of Kiln's): one pass proves it, with no duplicates. */
+    size_t ordered = 1;
+    while (ordered < n && kiln_term_cmp_exact(k[ordered - 1], k[ordered]) < 0)
+        ordered++;
+    if (ordered >= n)
+        return KILN_OK;
     if (n <= 16) {
         for (size_t i = 1; i < n; i++)
             for (size_t j = i; j > 0 && kiln_term_cmp_exact(k[j - 1], k[j]) > 0; j--)
@@ -961,7 +969,12 @@ static int build(struct dec *d, kiln_term *result)
 static int dec_init(struct dec *d, const uint8_t *p, size_t len, const kiln_etf_decode_opts *o)
 {
     static const kiln_etf_decode_opts defaults;
-    memset(d, 0, sizeof *d);
+    /* Everything but the inline stack, which is only written before it is
+     * read: zeroing its 1.5 KB showed in small-term decode profiles. */
+    memset(d, 0, offsetof(struct dec, inline_stack));
+    d->m = NULL;
+    d->maps = NULL;
+    d->nm = 0;
     d->p = p;
     d->len = len;
     d->o = o ? o : &defaults;

@@ -526,7 +526,9 @@ static int put_one(kiln_etf_enc *e, kiln_term t)
             return rc;
         uint8_t b[4 + 4 * ETF_MAX_REF_WORDS];
         etf_put32(b, cre);
-        for (size_t i = 0; i < n; i++)
+        /* The second bound repeats the check above for GCC's -O3 array
+         * bounds analysis, which loses it through the inlining. */
+        for (size_t i = 0; i < n && i < ETF_MAX_REF_WORDS; i++)
             etf_put32(b + 4 + 4 * i, w[i]);
         return put(e, b, 4 + 4 * n);
     }
