@@ -134,6 +134,8 @@ struct kiln_worker {
     _Atomic uint32_t parked;          /* futex word: 1 while asleep */
     struct kiln_worker *idle_next;
     ck_epoch_record_t epoch;
+    bool in_section;                  /* an epoch section spans several runs */
+    unsigned section_runs;
     struct kiln_proc *graveyard;      /* exited, grace period over: to free */
     struct kiln_timers *timers;
     /* Written by this worker only, read by kiln_rt_get_stats. */

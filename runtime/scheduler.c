@@ -299,6 +299,30 @@ static struct kiln_proc *found(struct kiln_worker *w, struct kiln_proc *p)
     return p;
 }
 
+/* One epoch section covers up to SECTION_RUNS process runs: entering one
+ * is an atomic exchange, too dear to pay on every run of a request/reply
+ * pair. It ends before the worker looks for work elsewhere or parks, so
+ * grace periods still advance. */
+#define SECTION_RUNS 64
+
+static void section_begin(struct kiln_worker *w)
+{
+    if (!w->in_section) {
+        ck_epoch_begin(&w->epoch, NULL);
+        w->in_section = true;
+        w->section_runs = 0;
+    }
+}
+
+static void section_end(struct kiln_worker *w)
+{
+    if (w->in_section) {
+        KILN_TSAN_RELEASE(&w->rt->tsan_epoch_sync);
+        ck_epoch_end(&w->epoch, NULL);
+        w->in_section = false;
+    }
+}
+
 static struct kiln_proc *find_work(struct kiln_worker *w)
 {
     kiln_rt *rt = w->rt;
@@ -316,6 +340,7 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
             return found(w, p);
         if ((p = gq_pop(rt, w)))
             return found(w, p);
+        section_end(w);
         if (w->tick % 64 == 0)
             kiln_epoch_poll(w);
 
@@ -484,10 +509,15 @@ static void *worker_main(void *arg)
         struct kiln_proc *p = find_work(w);
         if (!p)
             break;
-        kiln_epoch_enter(w->rt);
+        section_begin(w);
         run_process(w, p);
-        kiln_epoch_exit(w->rt);
+        if (++w->section_runs >= SECTION_RUNS) {
+            section_end(w);
+            /* Busy workers must reclaim too, not only idle ones. */
+            kiln_epoch_poll(w);
+        }
     }
+    section_end(w);
     stop_spinning(w);
     kiln_guard_thread_fini();
     kiln_fiber_fini_thread(&w->sched);
