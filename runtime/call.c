@@ -46,13 +46,10 @@ static bool match_reply(kiln_msg *m, void *arg)
 static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
 {
     struct kiln_monitor mon;
-    if (kiln_monitor_del(p, true, n, &mon) && !kiln_is_none(target)) {
-        kiln_msg *sig = kiln_signal_new(KILN_MK_DEMONITOR, 8);
-        if (sig) {
-            sig->from = p->pid;
-            sig->aux = kiln_ref_term(sig, p->rt, n, KILN_NONE);
-            kiln_deliver_pid(p->rt, target, sig);
-        }
+    if (kiln_monitor_del(p, true, n, &mon)) {
+        if (!kiln_is_none(target))
+            kiln_demonitor_target(p, &mon);
+        kiln_monitor_release(&mon);
     }
     struct kiln_proc_ext *e = p->ext;
     uint64_t *a = e ? e->aliases.items : NULL;
@@ -100,7 +97,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
 
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
-    struct kiln_monitor mon = {n, target, KILN_NONE};
+    struct kiln_monitor mon = {n, target, KILN_NONE, KILN_NONE, NULL};
     uint64_t alias_entry = n;
     kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
     kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);

@@ -1,5 +1,7 @@
-/* link/1, unlink/1 and exit/2. */
+/* link/1, unlink/1 and exit/2, to local and (through the distribution
+ * layer) remote processes. */
 #include "alloc.h"
+#include "dist_hooks.h"
 #include "rt.h"
 
 int kiln_link(kiln_term pid)
@@ -9,9 +11,19 @@ int kiln_link(kiln_term pid)
         return KILN_ENOTPROC;
     if (pid == p->pid)
         return KILN_OK;
-    if (!kiln_is_local_pid(pid))
-        return kiln_is_pid(pid) ? KILN_ENOTSUP : KILN_EBADARG;
     kiln_rt *rt = p->rt;
+    if (kiln_is_pid(pid) && kiln_is_remote(rt, pid)) {
+        void *ctx;
+        const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+        if (!d)
+            return KILN_ENOTSUP;
+        /* A peer that cannot be reached answers with noconnection. */
+        if (!kiln_link_add(p, pid))
+            return KILN_ENOMEM;
+        return d->link(ctx, p->pid, pid);
+    }
+    if (!kiln_is_local_pid(pid))
+        return KILN_EBADARG;
     if (!kiln_is_alive(rt, pid)) {
         /* Erlang: noproc error, or an 'EXIT' message when trapping. */
         if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_TRAP_EXIT))
@@ -42,8 +54,13 @@ int kiln_unlink(kiln_term pid)
         return KILN_ENOTPROC;
     if (!kiln_is_pid(pid))
         return KILN_EBADARG;
-    if (!kiln_link_del(p, pid) || !kiln_is_local_pid(pid))
+    if (!kiln_link_del(p, pid))
         return KILN_OK;
+    if (!kiln_is_local_pid(pid)) {
+        void *ctx;
+        const struct kiln_dist_ops *d = kiln_rt_dist(p->rt, &ctx);
+        return d ? d->unlink(ctx, p->pid, pid) : KILN_OK;
+    }
     kiln_msg *sig = kiln_signal_new(KILN_MK_UNLINK, 4);
     if (!sig)
         return KILN_ENOMEM;
@@ -56,12 +73,17 @@ int kiln_rt_exit(kiln_rt *rt, kiln_term pid, kiln_term reason)
 {
     if (!rt)
         return KILN_EINVAL;
-    if (!kiln_is_local_pid(pid))
-        return kiln_is_pid(pid) ? KILN_ENOTSUP : KILN_EBADARG;
     kiln_term self = KILN_NONE;
     struct kiln_proc *p = kiln_current_proc();
     if (p && p->rt == rt)
         self = p->pid;
+    if (kiln_is_pid(pid) && kiln_is_remote(rt, pid)) {
+        void *ctx;
+        const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+        return d ? d->exit(ctx, self, pid, reason, true) : KILN_ENOTSUP;
+    }
+    if (!kiln_is_local_pid(pid))
+        return KILN_EBADARG;
     kiln_msg *sig = kiln_exit_signal_new(KILN_MK_EXIT2, self, reason);
     if (!sig)
         return KILN_ENOMEM;

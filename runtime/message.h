@@ -24,7 +24,8 @@ enum kiln_msg_kind {
     KILN_MK_ALIAS_MSG,    /* user message sent to an alias: aux = the alias's number (raw) */
     KILN_MK_TIMEOUT,      /* a receive timeout; aux = small int generation */
     KILN_MK_WAKE,         /* resume a process blocked on an outside event (blocking pool, sleep) */
-    KILN_MK_STOP          /* runtime shutdown: die with reason root */
+    KILN_MK_STOP,         /* runtime shutdown: die with reason root */
+    KILN_MK_NODEDOWN      /* the connection to node root is gone: fire what crosses it */
 };
 
 /* kiln_msg.flags */

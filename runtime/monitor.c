@@ -1,6 +1,23 @@
 /* monitor/2 and demonitor/2. */
 #include "alloc.h"
+#include "dist_hooks.h"
 #include "rt.h"
+
+/* A monitor on another node: the entry names the remote pid, or for a
+ * name the node atom (in pid) and the name; the distribution layer sends
+ * MONITOR_P and later delivers the DOWN (or noconnection). */
+static int monitor_remote(struct kiln_proc *p, kiln_term pid, kiln_term name, kiln_term node, uint64_t n,
+                          kiln_term ref)
+{
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(p->rt, &ctx);
+    if (!d)
+        return KILN_ENOTSUP;
+    struct kiln_monitor mon = {n, kiln_is_none(pid) ? node : pid, name, KILN_NONE, NULL};
+    if (!kiln_monitor_add(p, true, &mon))
+        return KILN_ENOMEM;
+    return d->monitor(ctx, p->pid, kiln_is_none(pid) ? name : pid, node, ref);
+}
 
 int kiln_monitor(kiln_term target, kiln_msg *ref_msg, kiln_term *ref)
 {
@@ -11,17 +28,37 @@ int kiln_monitor(kiln_term target, kiln_msg *ref_msg, kiln_term *ref)
         return KILN_EINVAL;
     kiln_rt *rt = p->rt;
     kiln_term name = KILN_NONE, pid = target;
+    if (kiln_is_tuple(target) && kiln_tuple_arity(target) == 2 && kiln_is_atom(kiln_tuple_get(target, 0)) &&
+        kiln_is_atom(kiln_tuple_get(target, 1))) {
+        kiln_term node = kiln_tuple_get(target, 1);
+        if (node != rt->node) {
+            uint64_t n = kiln_ref_next(rt);
+            kiln_term r = kiln_ref_term(ref_msg, rt, n, KILN_NONE);
+            if (kiln_is_none(r))
+                return KILN_ENOMEM;
+            *ref = r;
+            return monitor_remote(p, KILN_NONE, kiln_tuple_get(target, 0), node, n, r);
+        }
+        target = kiln_tuple_get(target, 0);
+    }
     if (kiln_is_atom(target)) {
         name = target;
         pid = kiln_whereis(rt, target);
+    } else if (kiln_is_remote(rt, target) && kiln_is_pid(target)) {
+        uint64_t n = kiln_ref_next(rt);
+        kiln_term r = kiln_ref_term(ref_msg, rt, n, KILN_NONE);
+        if (kiln_is_none(r))
+            return KILN_ENOMEM;
+        *ref = r;
+        return monitor_remote(p, target, KILN_NONE, kiln_pid_node(target), n, r);
     } else if (!kiln_is_local_pid(target)) {
-        return kiln_is_pid(target) ? KILN_ENOTSUP : KILN_EBADARG;
+        return KILN_EBADARG;
     }
     uint64_t n = kiln_ref_next(rt);
     kiln_term r = kiln_ref_term(ref_msg, rt, n, KILN_NONE);
     if (kiln_is_none(r))
         return KILN_ENOMEM;
-    struct kiln_monitor mon = {n, pid, name};
+    struct kiln_monitor mon = {n, pid, name, KILN_NONE, NULL};
     if (!kiln_monitor_add(p, true, &mon))
         return KILN_ENOMEM;
     *ref = r;
@@ -67,13 +104,9 @@ int kiln_demonitor(kiln_term ref, bool flush)
     if (!kiln_ref_number(rt, ref, &n, &apid))
         return KILN_EBADARG;
     struct kiln_monitor mon;
-    if (kiln_monitor_del(p, true, n, &mon) && !kiln_is_none(mon.pid)) {
-        kiln_msg *sig = kiln_signal_new(KILN_MK_DEMONITOR, 8);
-        if (sig) {
-            sig->from = p->pid;
-            sig->aux = kiln_ref_term(sig, rt, n, KILN_NONE);
-            kiln_deliver_pid(rt, mon.pid, sig);
-        }
+    if (kiln_monitor_del(p, true, n, &mon)) {
+        kiln_demonitor_target(p, &mon);
+        kiln_monitor_release(&mon);
     }
     if (flush) {
         /* A DOWN that already became a message is removed; later ones are

@@ -146,7 +146,8 @@ static int spawn_common(kiln_rt *rt, const kiln_behaviour *b, void (*fn)(void *)
         goto oom;
     if (opts && opts->monitor) {
         uint64_t ref = kiln_ref_next(rt);
-        struct kiln_monitor mine = {ref, p->pid, KILN_NONE}, theirs = {ref, parent->pid, KILN_NONE};
+        struct kiln_monitor mine = {ref, p->pid, KILN_NONE, KILN_NONE, NULL},
+                            theirs = {ref, parent->pid, KILN_NONE, KILN_NONE, NULL};
         kiln_term rt_ref = kiln_ref_term(opts->monitor_ref_msg, rt, ref, KILN_NONE);
         if (kiln_is_none(rt_ref) || !kiln_monitor_add(parent, true, &mine) || !kiln_monitor_add(p, false, &theirs))
             goto oom;

@@ -41,12 +41,22 @@ enum kiln_proc_flag {
     KILN_PF_STOP = 1u << 4        /* a handler asked to stop */
 };
 
-/* A link, monitor or alias kept by a process. Remote pids will need
- * storage; local ones are immediates. */
+/* A link kept by a process. Local pids are immediates; a remote pid is a
+ * boxed term, copied into `store`, a small message the entry owns. */
+struct kiln_link {
+    kiln_term pid;
+    kiln_msg *store;
+};
+
+/* A monitor: one I hold (ext->monitors) or one held on me
+ * (ext->monitored_by). Local refs are known by their unique number; a
+ * remote watcher's ref is kept whole in rref. Boxed parts live in store. */
 struct kiln_monitor {
     uint64_t ref;       /* the ref's unique number (local refs) */
     kiln_term pid;      /* the other side */
     kiln_term name;     /* monitored by name: the atom, else KILN_NONE */
+    kiln_term rref;     /* a remote watcher's ref, else KILN_NONE */
+    kiln_msg *store;
 };
 
 struct kiln_vec {
@@ -57,7 +67,7 @@ struct kiln_vec {
 /* Rarely used process state, allocated on first use so an idle process
  * with no links stays small. */
 struct kiln_proc_ext {
-    struct kiln_vec links;        /* kiln_term pids */
+    struct kiln_vec links;        /* struct kiln_link */
     struct kiln_vec monitors;     /* struct kiln_monitor: I watch them */
     struct kiln_vec monitored_by; /* struct kiln_monitor: they watch me */
     struct kiln_vec aliases;      /* uint64_t ref numbers, high bit = reply_once */
@@ -196,6 +206,9 @@ struct kiln_rt {
 
     struct kiln_blocking_pool *blocking;
     struct kiln_io *io;
+    /* The distribution layer, once a node is started (dist_hooks.h). */
+    const struct kiln_dist_ops *_Atomic dist;
+    void *dist_ctx;
     _Atomic uint64_t stacks_in_use;
 };
 
@@ -265,8 +278,16 @@ int kiln_send_signal(kiln_rt *rt, kiln_term to, kiln_msg *sig);
 bool kiln_vec_push(struct kiln_vec *v, const void *item, size_t size);
 bool kiln_link_add(struct kiln_proc *p, kiln_term pid);
 bool kiln_link_del(struct kiln_proc *p, kiln_term pid);
+/* Adds a copy of m (boxed parts copied into an owned store). */
 bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor *m);
+/* Removes the entry for local ref number `ref`; with out, the caller gets
+ * the entry and owns its store (kiln_monitor_release). */
 bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_monitor *out);
+/* Removes a monitored_by entry keyed by a remote watcher's ref. */
+bool kiln_monitor_del_rref(struct kiln_proc *p, kiln_term rref);
+void kiln_monitor_release(struct kiln_monitor *m);
+/* Tell the monitored side (local or remote) that mon is no more. */
+void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon);
 void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size);
 void kiln_vec_free(struct kiln_vec *v);
 

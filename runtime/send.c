@@ -1,8 +1,22 @@
 /* Routing a message to its destination: a pid, a registered name, an
- * alias, or {Name, Node}. Remote destinations belong to the distribution
- * layer, which installs itself through kiln_rt_set_remote_router. */
+ * alias, or {Name, Node}. Remote destinations go to the distribution
+ * layer the node installed (dist_hooks.h). */
 #include "alloc.h"
+#include "dist_hooks.h"
 #include "rt.h"
+
+static int route_remote(kiln_rt *rt, kiln_term to, kiln_msg *msg)
+{
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+    if (!d) {
+        kiln_msg_free(msg);
+        return KILN_ENOTSUP; /* this node is not alive */
+    }
+    msg->kind = KILN_MK_USER;
+    msg->flags = 0;
+    return d->send(ctx, kiln_self(), to, msg);
+}
 
 int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg)
 {
@@ -20,6 +34,8 @@ int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg)
         int rc = kiln_deliver_pid(rt, pid, msg);
         return rc == KILN_ENOPROC ? KILN_OK : rc;
     }
+    if (kiln_is_remote(rt, to))
+        return route_remote(rt, to, msg);
     if (kiln_is_ref(to)) {
         uint64_t n;
         kiln_term pid;
@@ -37,11 +53,10 @@ int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg)
         kiln_is_atom(kiln_tuple_get(to, 1))) {
         if (kiln_tuple_get(to, 1) == rt->node)
             return kiln_route(rt, kiln_tuple_get(to, 0), msg);
-        kiln_msg_free(msg);
-        return KILN_ENOTSUP; /* remote nodes: distribution layer */
+        return route_remote(rt, to, msg);
     }
     kiln_msg_free(msg);
-    return kiln_is_pid(to) ? KILN_ENOTSUP : KILN_EBADARG;
+    return KILN_EBADARG;
 }
 
 int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "dist_hooks.h"
 #include "io.h"
 #include "rt.h"
 
@@ -51,9 +52,9 @@ static int find_link(struct kiln_proc_ext *e, kiln_term pid)
 {
     if (!e)
         return -1;
-    kiln_term *l = e->links.items;
+    struct kiln_link *l = e->links.items;
     for (uint32_t i = 0; i < e->links.len; i++)
-        if (kiln_term_eq(l[i], pid))
+        if (kiln_term_eq(l[i].pid, pid))
             return (int)i;
     return -1;
 }
@@ -62,9 +63,18 @@ static int find_monitor(struct kiln_vec *v, uint64_t ref)
 {
     struct kiln_monitor *m = v->items;
     for (uint32_t i = 0; i < v->len; i++)
-        if (m[i].ref == ref)
+        if (kiln_is_none(m[i].rref) && m[i].ref == ref)
             return (int)i;
     return -1;
+}
+
+static void involve(struct kiln_proc *p, kiln_term remote)
+{
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(p->rt, &ctx);
+    kiln_term node = kiln_is_atom(remote) ? remote : kiln_pid_node(remote);
+    if (d && d->involve && !kiln_is_none(node))
+        d->involve(ctx, node, p->pid);
 }
 
 bool kiln_link_add(struct kiln_proc *p, kiln_term pid)
@@ -74,7 +84,21 @@ bool kiln_link_add(struct kiln_proc *p, kiln_term pid)
         return false;
     if (find_link(e, pid) >= 0)
         return true;
-    bool ok = kiln_vec_push(&e->links, &pid, sizeof(pid));
+    struct kiln_link l = {pid, NULL};
+    if (kiln_is_boxed(pid)) {
+        /* A remote pid: the entry keeps its own copy. */
+        l.store = kiln_msg_new_words(8);
+        l.pid = l.store ? kiln_term_copy(l.store, pid) : KILN_NONE;
+        if (kiln_is_none(l.pid)) {
+            kiln_msg_free(l.store);
+            return false;
+        }
+    }
+    bool ok = kiln_vec_push(&e->links, &l, sizeof(l));
+    if (!ok)
+        kiln_msg_free(l.store);
+    else if (l.store)
+        involve(p, l.pid);
     publish_counts(e);
     return ok;
 }
@@ -85,9 +109,16 @@ bool kiln_link_del(struct kiln_proc *p, kiln_term pid)
     int i = find_link(e, pid);
     if (i < 0)
         return false;
-    kiln_vec_remove(&e->links, (uint32_t)i, sizeof(kiln_term));
+    kiln_msg_free(((struct kiln_link *)e->links.items)[i].store);
+    kiln_vec_remove(&e->links, (uint32_t)i, sizeof(struct kiln_link));
     publish_counts(e);
     return true;
+}
+
+void kiln_monitor_release(struct kiln_monitor *m)
+{
+    kiln_msg_free(m->store);
+    m->store = NULL;
 }
 
 bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor *m)
@@ -95,9 +126,37 @@ bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor 
     struct kiln_proc_ext *e = kiln_proc_ext(p);
     if (!e)
         return false;
-    bool ok = kiln_vec_push(mine ? &e->monitors : &e->monitored_by, m, sizeof(*m));
+    struct kiln_monitor c = *m;
+    c.store = NULL;
+    if (kiln_is_boxed(c.pid) || kiln_is_boxed(c.rref)) {
+        c.store = kiln_msg_new_words(16);
+        if (!c.store)
+            return false;
+        c.pid = kiln_term_copy(c.store, m->pid);
+        c.rref = kiln_term_copy(c.store, m->rref);
+        if ((kiln_is_none(c.pid) && !kiln_is_none(m->pid)) || (kiln_is_none(c.rref) && !kiln_is_none(m->rref))) {
+            kiln_msg_free(c.store);
+            return false;
+        }
+    }
+    bool ok = kiln_vec_push(mine ? &e->monitors : &e->monitored_by, &c, sizeof(c));
+    if (!ok)
+        kiln_msg_free(c.store);
+    else if (kiln_is_boxed(c.pid) || (mine && kiln_is_atom(c.pid)))
+        involve(p, c.pid); /* a remote pid, or the node of a remote name */
     publish_counts(e);
     return ok;
+}
+
+static void take_monitor(struct kiln_proc_ext *e, struct kiln_vec *v, int i, struct kiln_monitor *out)
+{
+    struct kiln_monitor *m = &((struct kiln_monitor *)v->items)[i];
+    if (out)
+        *out = *m;
+    else
+        kiln_msg_free(m->store);
+    kiln_vec_remove(v, (uint32_t)i, sizeof(struct kiln_monitor));
+    publish_counts(e);
 }
 
 bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_monitor *out)
@@ -109,11 +168,23 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
     int i = find_monitor(v, ref);
     if (i < 0)
         return false;
-    if (out)
-        *out = ((struct kiln_monitor *)v->items)[i];
-    kiln_vec_remove(v, (uint32_t)i, sizeof(struct kiln_monitor));
-    publish_counts(e);
+    take_monitor(e, v, i, out);
     return true;
+}
+
+bool kiln_monitor_del_rref(struct kiln_proc *p, kiln_term rref)
+{
+    struct kiln_proc_ext *e = p->ext;
+    if (!e)
+        return false;
+    struct kiln_monitor *m = e->monitored_by.items;
+    for (uint32_t i = 0; i < e->monitored_by.len; i++) {
+        if (!kiln_is_none(m[i].rref) && kiln_term_eq(m[i].rref, rref)) {
+            take_monitor(e, &e->monitored_by, (int)i, NULL);
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- building signals ---- */
@@ -158,29 +229,41 @@ int kiln_send_signal(kiln_rt *rt, kiln_term to, kiln_msg *sig)
     return kiln_deliver_pid(rt, to, sig);
 }
 
+/* {Name, Node} in a fresh message, for DOWNs of name monitors. */
+static kiln_term name_node(kiln_msg **tmp, kiln_term name, kiln_term node)
+{
+    *tmp = kiln_msg_new_words(4);
+    return *tmp ? kiln_tuple(*tmp, 2, name, node) : KILN_NONE;
+}
+
 /* What a dead process owes the senders of signals it will never handle. */
 void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m)
 {
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
     switch (m->kind) {
     case KILN_MK_LINK:
         /* link/1 to a process that is gone: the linker gets noproc. */
-        kiln_send_signal(rt, m->from, kiln_exit_signal_new(KILN_MK_EXIT, dead_pid, KILN_ATOM_NOPROC));
+        if (kiln_is_local_pid(m->from))
+            kiln_send_signal(rt, m->from, kiln_exit_signal_new(KILN_MK_EXIT, dead_pid, KILN_ATOM_NOPROC));
+        else if (d)
+            d->exit(ctx, dead_pid, m->from, KILN_ATOM_NOPROC, false);
         break;
     case KILN_MK_MONITOR: {
+        kiln_msg *tmp = NULL;
+        /* Monitored by name: the DOWN names {Name, Node}. */
+        kiln_term obj = kiln_is_none(m->root) ? dead_pid : name_node(&tmp, m->root, rt->node);
         uint64_t ref;
-        kiln_term alias_pid;
-        if (kiln_ref_number(rt, m->aux, &ref, &alias_pid)) {
-            kiln_term obj = dead_pid;
-            kiln_msg *tmp = NULL;
-            if (!kiln_is_none(m->root)) {
-                /* Monitored by name: DOWN names {Name, Node}. */
-                tmp = kiln_msg_new_words(4);
-                obj = tmp ? kiln_tuple(tmp, 2, m->root, rt->node) : KILN_NONE;
-            }
-            if (!kiln_is_none(obj))
+        kiln_term apid;
+        if (kiln_is_none(obj))
+            ;
+        else if (kiln_is_local_pid(m->from)) {
+            if (kiln_ref_number(rt, m->aux, &ref, &apid))
                 kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, ref, obj, KILN_ATOM_NOPROC));
-            kiln_msg_free(tmp);
+        } else if (d) {
+            d->down(ctx, obj, m->from, m->aux, KILN_ATOM_NOPROC);
         }
+        kiln_msg_free(tmp);
         break;
     }
     case KILN_MK_USER:
@@ -235,6 +318,63 @@ static kiln_msg *as_exit_message(struct kiln_proc *p, kiln_msg *m)
     return m;
 }
 
+static bool on_node(kiln_term t, kiln_term node)
+{
+    return kiln_is_atom(t) ? t == node : kiln_pid_node(t) == node;
+}
+
+/* The connection to node went down: everything that crosses it fires with
+ * noconnection, as if each remote process had died with that reason. */
+static void nodedown(struct kiln_proc *p, kiln_term node)
+{
+    kiln_rt *rt = p->rt;
+    struct kiln_proc_ext *e = p->ext;
+    if (!e)
+        return;
+    struct kiln_monitor *mine = e->monitors.items;
+    for (uint32_t i = e->monitors.len; i-- > 0;) {
+        if (!on_node(mine[i].pid, node))
+            continue;
+        struct kiln_monitor mon;
+        take_monitor(e, &e->monitors, (int)i, &mon);
+        kiln_msg *tmp = NULL;
+        kiln_term what = kiln_is_atom(mon.pid) ? name_node(&tmp, mon.name, mon.pid) : mon.pid;
+        kiln_msg *down = kiln_is_none(what) ? NULL : kiln_down_signal_new(rt, mon.ref, what, KILN_ATOM_NOCONNECTION);
+        kiln_msg_free(tmp);
+        kiln_monitor_release(&mon);
+        if (down) {
+            down->kind = KILN_MK_USER;
+            atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+            kiln_save_append(p, down);
+        }
+    }
+    struct kiln_monitor *by = e->monitored_by.items;
+    for (uint32_t i = e->monitored_by.len; i-- > 0;)
+        if (on_node(by[i].pid, node))
+            take_monitor(e, &e->monitored_by, (int)i, NULL);
+    bool trapping = (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_TRAP_EXIT) != 0;
+    struct kiln_link *links = e->links.items;
+    for (uint32_t i = e->links.len; i-- > 0;) {
+        if (!on_node(links[i].pid, node))
+            continue;
+        kiln_msg *x = kiln_exit_signal_new(KILN_MK_EXIT, links[i].pid, KILN_ATOM_NOCONNECTION);
+        kiln_msg_free(links[i].store);
+        kiln_vec_remove(&e->links, i, sizeof(struct kiln_link));
+        publish_counts(e);
+        links = e->links.items;
+        if (!x)
+            continue;
+        if (!trapping) {
+            x->root = KILN_ATOM_NOCONNECTION;
+            kiln_proc_exit(p, x);
+        }
+        x->root = kiln_tuple(x, 3, KILN_ATOM_EXIT, x->from, KILN_ATOM_NOCONNECTION);
+        x->kind = KILN_MK_USER;
+        atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+        kiln_save_append(p, x);
+    }
+}
+
 /* Handle one entry taken from the mailbox. Returns the message if user
  * code should see it (user messages, trapped exits, DOWNs, live alias
  * messages, timeouts and wakes for receive), NULL if it was consumed.
@@ -247,7 +387,7 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
     case KILN_MK_USER:
         if (m->flags & KILN_MF_MONITOR) {
             /* A call that carries its monitor (call.c). */
-            struct kiln_monitor mon = {m->aux, m->from, KILN_NONE};
+            struct kiln_monitor mon = {m->aux, m->from, KILN_NONE, KILN_NONE, NULL};
             m->flags &= (uint16_t)~KILN_MF_MONITOR;
             if (!kiln_monitor_add(p, false, &mon))
                 kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, mon.ref, p->pid, kiln_atom_c("system_limit")));
@@ -301,13 +441,14 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
         kiln_msg_free(m);
         return NULL;
     case KILN_MK_MONITOR: {
-        uint64_t n;
+        uint64_t n = 0;
         kiln_term apid;
-        if (kiln_ref_number(rt, m->aux, &n, &apid)) {
-            struct kiln_monitor mon = {n, m->from, m->root};
-            if (!kiln_monitor_add(p, false, &mon))
-                kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, n, p->pid, kiln_atom_c("system_limit")));
-        }
+        /* A local watcher's ref is one of ours, known by its number; a
+         * remote watcher's is kept whole, to name it in the DOWN. */
+        bool local = kiln_ref_number(rt, m->aux, &n, &apid);
+        struct kiln_monitor mon = {n, m->from, m->root, local ? KILN_NONE : m->aux, NULL};
+        if (!kiln_monitor_add(p, false, &mon) && local)
+            kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, n, p->pid, kiln_atom_c("system_limit")));
         kiln_msg_free(m);
         return NULL;
     }
@@ -316,7 +457,16 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
         kiln_term apid;
         if (kiln_ref_number(rt, m->aux, &n, &apid))
             kiln_monitor_del(p, false, n, NULL);
+        else
+            kiln_monitor_del_rref(p, m->aux);
         kiln_msg_free(m);
+        return NULL;
+    }
+    case KILN_MK_NODEDOWN: {
+        /* Freed first: nodedown may end the process and never return. */
+        kiln_term node = m->root;
+        kiln_msg_free(m);
+        nodedown(p, node);
         return NULL;
     }
     case KILN_MK_DOWN: {
@@ -419,35 +569,64 @@ kiln_msg *kiln_proc_next_message(struct kiln_proc *p)
 
 /* ---- on exit ---- */
 
+void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon)
+{
+    kiln_rt *rt = p->rt;
+    if (kiln_is_none(mon->pid))
+        return; /* an unregistered name: nobody holds the other side */
+    kiln_msg *dm = kiln_signal_new(KILN_MK_DEMONITOR, 8);
+    if (!dm)
+        return;
+    dm->from = p->pid;
+    dm->aux = kiln_ref_term(dm, rt, mon->ref, KILN_NONE);
+    if (kiln_is_local_pid(mon->pid)) {
+        kiln_send_signal(rt, mon->pid, dm);
+        return;
+    }
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+    if (d) {
+        /* Remote by name: pid holds the node atom (monitor.c). */
+        kiln_term node = kiln_is_atom(mon->pid) ? mon->pid : kiln_pid_node(mon->pid);
+        kiln_term target = kiln_is_atom(mon->pid) ? mon->name : mon->pid;
+        d->demonitor(ctx, p->pid, target, node, dm->aux);
+    }
+    kiln_msg_free(dm);
+}
+
 void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason)
 {
     kiln_rt *rt = p->rt;
     struct kiln_proc_ext *e = p->ext;
     if (!e)
         return;
-    kiln_term *links = e->links.items;
-    for (uint32_t i = 0; i < e->links.len; i++)
-        kiln_send_signal(rt, links[i], kiln_exit_signal_new(KILN_MK_EXIT, p->pid, reason));
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+    struct kiln_link *links = e->links.items;
+    for (uint32_t i = 0; i < e->links.len; i++) {
+        if (kiln_is_local_pid(links[i].pid))
+            kiln_send_signal(rt, links[i].pid, kiln_exit_signal_new(KILN_MK_EXIT, p->pid, reason));
+        else if (d)
+            d->exit(ctx, p->pid, links[i].pid, reason, false);
+        kiln_msg_free(links[i].store);
+    }
     struct kiln_monitor *by = e->monitored_by.items;
     for (uint32_t i = 0; i < e->monitored_by.len; i++) {
-        kiln_term obj = p->pid;
         kiln_msg *tmp = NULL;
-        if (!kiln_is_none(by[i].name)) {
-            tmp = kiln_msg_new_words(4);
-            obj = tmp ? kiln_tuple(tmp, 2, by[i].name, rt->node) : KILN_NONE;
-        }
-        if (!kiln_is_none(obj))
+        kiln_term obj = kiln_is_none(by[i].name) ? p->pid : name_node(&tmp, by[i].name, rt->node);
+        if (kiln_is_none(obj))
+            ;
+        else if (kiln_is_none(by[i].rref))
             kiln_send_signal(rt, by[i].pid, kiln_down_signal_new(rt, by[i].ref, obj, reason));
+        else if (d)
+            d->down(ctx, kiln_is_none(by[i].name) ? p->pid : by[i].name, by[i].pid, by[i].rref, reason);
         kiln_msg_free(tmp);
+        kiln_msg_free(by[i].store);
     }
     struct kiln_monitor *mine = e->monitors.items;
     for (uint32_t i = 0; i < e->monitors.len; i++) {
-        kiln_msg *d = kiln_signal_new(KILN_MK_DEMONITOR, 8);
-        if (!d)
-            continue;
-        d->from = p->pid;
-        d->aux = kiln_ref_term(d, rt, mine[i].ref, KILN_NONE);
-        kiln_send_signal(rt, mine[i].pid, d);
+        kiln_demonitor_target(p, &mine[i]);
+        kiln_msg_free(mine[i].store);
     }
     e->links.len = e->monitored_by.len = e->monitors.len = e->aliases.len = 0;
     publish_counts(e);
