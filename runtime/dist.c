@@ -6,8 +6,15 @@
 
 void kiln_rt_set_dist(kiln_rt *rt, const struct kiln_dist_ops *ops, void *ctx)
 {
+    if (!ops) {
+        /* The context stays: a caller that already read the operations
+         * may still be using it. The node waits out those callers
+         * (kiln_epoch_synchronize) before it frees the context. */
+        atomic_store_explicit(&rt->dist, NULL, memory_order_release);
+        return;
+    }
     /* ctx first: a reader that sees ops must see its context. */
-    rt->dist_ctx = ctx;
+    atomic_store_explicit(&rt->dist_ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&rt->dist, ops, memory_order_release);
 }
 
@@ -15,7 +22,7 @@ const struct kiln_dist_ops *kiln_rt_dist(kiln_rt *rt, void **ctx)
 {
     const struct kiln_dist_ops *d = atomic_load_explicit(&rt->dist, memory_order_acquire);
     if (ctx)
-        *ctx = rt->dist_ctx;
+        *ctx = atomic_load_explicit(&rt->dist_ctx, memory_order_relaxed);
     return d;
 }
 

@@ -37,7 +37,9 @@ struct kiln_dist_ops {
     void (*involve)(void *ctx, kiln_term node, kiln_term pid);
 };
 
-/* Install (or with NULL, remove) the distribution layer. */
+/* Install (or with NULL, remove) the distribution layer. The operations
+ * are called only inside an epoch section, so whoever removes them can
+ * wait for the last caller with kiln_epoch_synchronize. */
 void kiln_rt_set_dist(kiln_rt *rt, const struct kiln_dist_ops *ops, void *ctx);
 /* The installed operations, or NULL. */
 const struct kiln_dist_ops *kiln_rt_dist(kiln_rt *rt, void **ctx);

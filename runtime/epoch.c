@@ -78,6 +78,14 @@ void kiln_epoch_poll(struct kiln_worker *w)
     bury(w);
 }
 
+void kiln_epoch_synchronize(kiln_rt *rt)
+{
+    pthread_mutex_lock(&rt->foreign_lock);
+    ck_epoch_synchronize(&rt->foreign_epoch);
+    pthread_mutex_unlock(&rt->foreign_lock);
+    KILN_TSAN_ACQUIRE(&rt->tsan_epoch_sync);
+}
+
 /* At shutdown, after every worker has stopped: nothing can race now. */
 void kiln_epoch_drain_all(kiln_rt *rt)
 {

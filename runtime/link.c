@@ -79,8 +79,11 @@ int kiln_rt_exit(kiln_rt *rt, kiln_term pid, kiln_term reason)
         self = p->pid;
     if (kiln_is_pid(pid) && kiln_is_remote(rt, pid)) {
         void *ctx;
+        kiln_epoch_enter(rt); /* see route_remote in send.c */
         const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
-        return d ? d->exit(ctx, self, pid, reason, true) : KILN_ENOTSUP;
+        int rc = d ? d->exit(ctx, self, pid, reason, true) : KILN_ENOTSUP;
+        kiln_epoch_exit(rt);
+        return rc;
     }
     if (!kiln_is_local_pid(pid))
         return KILN_EBADARG;

@@ -208,7 +208,7 @@ struct kiln_rt {
     struct kiln_io *io;
     /* The distribution layer, once a node is started (dist_hooks.h). */
     const struct kiln_dist_ops *_Atomic dist;
-    void *dist_ctx;
+    void *_Atomic dist_ctx;
     _Atomic uint64_t stacks_in_use;
 };
 
@@ -243,6 +243,9 @@ void kiln_epoch_exit(kiln_rt *rt);
 void kiln_epoch_retire_proc(kiln_rt *rt, struct kiln_proc *p);
 void kiln_epoch_poll(struct kiln_worker *w);
 void kiln_epoch_drain_all(kiln_rt *rt);
+/* Wait until every epoch section open now has ended (from a thread that is
+ * not a worker): after it, nothing still uses what was unpublished before. */
+void kiln_epoch_synchronize(kiln_rt *rt);
 
 /* ---- process.c ---- */
 /* Push a message or signal to p and schedule it if it was idle. */

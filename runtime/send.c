@@ -7,15 +7,22 @@
 
 static int route_remote(kiln_rt *rt, kiln_term to, kiln_msg *msg)
 {
+    /* Reading the node's operations and calling them is one epoch
+     * section, from workers and foreign threads alike: the node frees
+     * itself only after every such section has ended. */
     void *ctx;
+    kiln_epoch_enter(rt);
     const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
-    if (!d) {
+    int rc = KILN_ENOTSUP; /* this node is not alive */
+    if (d) {
+        msg->kind = KILN_MK_USER;
+        msg->flags = 0;
+        rc = d->send(ctx, kiln_self(), to, msg);
+    } else {
         kiln_msg_free(msg);
-        return KILN_ENOTSUP; /* this node is not alive */
     }
-    msg->kind = KILN_MK_USER;
-    msg->flags = 0;
-    return d->send(ctx, kiln_self(), to, msg);
+    kiln_epoch_exit(rt);
+    return rc;
 }
 
 int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg)

@@ -15,7 +15,7 @@ ctest_args=(--output-on-failure --no-tests=error)
 case "$mode" in
   "") ;;
   --asan) dir=build-asan; args+=(-DKILN_SANITIZE=address -DKILN_BUILD_PERF=OFF) ;;
-  --tsan) dir=build-tsan; args+=(-DKILN_SANITIZE=thread -DKILN_BUILD_PERF=OFF); ctest_args+=(-L concurrency) ;;
+  --tsan) dir=build-tsan; args+=(-DKILN_SANITIZE=thread -DKILN_BUILD_PERF=OFF); ctest_args+=(-L "concurrency|interop") ;;
   *) echo "usage: $0 [--asan|--tsan]" >&2; exit 2 ;;
 esac
 

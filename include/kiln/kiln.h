@@ -8,6 +8,7 @@
 #include "kiln/process.h"
 #include "kiln/timer.h"
 #include "kiln/io.h"
+#include "kiln/node.h"
 #include "kiln/etf.h"
 
 #endif

@@ -1,0 +1,369 @@
+/* Distribution connections. Each connection is two processes:
+ *  - the owner: makes or accepts the socket, runs the handshake, then reads
+ *    frames and dispatches them (ctrl_in.c); it notices silence (ticks)
+ *    and the end, and cleans up;
+ *  - the writer: its mailbox is the connection's out-queue. Senders encode
+ *    frames on their own threads and send them to it; it writes whatever
+ *    has queued up in one system call, and ticks when it has nothing to
+ *    say. If writing fails it shuts the socket, which ends the owner. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dist/node_internal.h"
+#include "runtime/alloc.h"
+#include "runtime/rt.h"
+
+#define READ_CHUNK 65536u
+#define WRITE_BATCH 64
+
+/* ---- writer ---- */
+
+struct writer_arg {
+    kiln_node *node;
+    int fd;
+    unsigned tick_ms;
+};
+
+static void writer_main(void *arg)
+{
+    struct writer_arg wa = *(struct writer_arg *)arg;
+    kiln_free(arg);
+    static const uint8_t tick[4] = {0, 0, 0, 0};
+    kiln_msg *batch[WRITE_BATCH];
+    struct iovec iov[WRITE_BATCH];
+    for (;;) {
+        kiln_msg *m;
+        int rc = kiln_receive(NULL, NULL, wa.tick_ms, &m);
+        if (rc == KILN_ETIMEOUT) {
+            /* Nothing written for a tick interval: the peer must hear from us. */
+            if (kiln_io_send(wa.fd, tick, sizeof tick, 10000) != KILN_OK)
+                break;
+            continue;
+        }
+        if (rc != KILN_OK)
+            break;
+        /* Everything queued behind it goes out in the same write. */
+        int n = 0;
+        do {
+            const uint8_t *data;
+            size_t len;
+            if (kiln_get_binary(kiln_msg_term(m), &data, &len) == KILN_OK && len) {
+                batch[n] = m;
+                iov[n].iov_base = (void *)data;
+                iov[n].iov_len = len;
+                n++;
+            } else {
+                kiln_msg_free(m);
+            }
+        } while (n < WRITE_BATCH && kiln_receive(NULL, NULL, 0, &m) == KILN_OK);
+        rc = kiln_io_sendv(wa.fd, iov, n, 30000);
+        for (int i = 0; i < n; i++)
+            kiln_msg_free(batch[i]);
+        if (rc != KILN_OK)
+            break;
+    }
+    /* The owner is in a read on this socket: ending the socket ends it. */
+    shutdown(wa.fd, SHUT_RDWR);
+}
+
+/* ---- handshake over the socket ---- */
+
+static kiln_hs_peer peer_state(void *arg, const char *name, size_t len)
+{
+    kiln_node *n = arg;
+    kiln_term peer;
+    if (kiln_atom(name, len, &peer) != KILN_OK)
+        return KILN_HS_PEER_REFUSE;
+    pthread_mutex_lock(&n->lock);
+    struct kiln_conn *c = kiln_conn_find_locked(n, peer);
+    kiln_hs_peer st = !c ? KILN_HS_PEER_NONE : c->state == KILN_CONN_UP ? KILN_HS_PEER_UP : KILN_HS_PEER_PENDING;
+    pthread_mutex_unlock(&n->lock);
+    return st;
+}
+
+/* Drive the handshake state machine with the socket; leftover bytes (the
+ * first frames may share the last read) are copied to buf (*have bytes). */
+static int handshake(kiln_node *n, int fd, kiln_hs_role role, const char *peer, uint8_t *buf, size_t *have,
+                     kiln_hs_result *res)
+{
+    kiln_hs_config cfg = {
+        .role = role,
+        .name = n->name_text,
+        .creation = n->creation,
+        .flags = n->flags,
+        .cookie = n->cookie,
+        .cookie_len = n->cookie_len,
+        .peer = peer,
+        .hooks = {.peer_state = peer_state, .arg = n},
+    };
+    int err = KILN_OK;
+    kiln_hs *hs = kiln_hs_new(&cfg, &err);
+    if (!hs)
+        return err;
+    uint8_t in[4096];
+    /* net_setuptime: each step must finish within 7 s, or OTP gives up. */
+    int64_t step_ms = 7000;
+    for (;;) {
+        size_t olen;
+        const uint8_t *out = kiln_hs_output(hs, &olen);
+        if (olen) {
+            int rc = kiln_io_send(fd, out, olen, step_ms);
+            if (rc != KILN_OK) {
+                kiln_hs_free(hs);
+                return rc;
+            }
+            kiln_hs_output_advance(hs, olen);
+        }
+        kiln_hs_state st = kiln_hs_get_state(hs);
+        if (st == KILN_HS_WAIT_OLD) {
+            /* The peer restarted: its old connection is dead. */
+            st = kiln_hs_resume(hs);
+            continue;
+        }
+        if (st == KILN_HS_DONE || st == KILN_HS_FAILED) {
+            *res = *kiln_hs_get_result(hs);
+            kiln_hs_free(hs);
+            return st == KILN_HS_DONE ? KILN_OK : (res->err ? res->err : KILN_EREFUSED);
+        }
+        size_t got;
+        int rc = kiln_io_recv(fd, in, sizeof in, step_ms, &got);
+        if (rc != KILN_OK) {
+            kiln_hs_free(hs);
+            return rc;
+        }
+        if (got == 0) {
+            st = kiln_hs_closed(hs);
+            *res = *kiln_hs_get_result(hs);
+            kiln_hs_free(hs);
+            return st == KILN_HS_DONE ? KILN_OK : (res->err ? res->err : KILN_EREFUSED);
+        }
+        /* Partial messages stay buffered inside the state machine; what
+         * follows the last handshake message is the first traffic. */
+        size_t used = 0;
+        if (kiln_hs_feed(hs, in, got, &used) == KILN_HS_DONE && used < got) {
+            memcpy(buf, in + used, got - used);
+            *have = got - used;
+        }
+    }
+}
+
+/* ---- reading ---- */
+
+/* Read frames until the connection ends; returns why. buf (cap bytes,
+ * have of them filled) is ours to grow and free. */
+static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t have, size_t cap)
+{
+    unsigned silent = 0;
+    unsigned tick_ms = n->ticktime * 1000u / 4u;
+    int rc = KILN_OK;
+    for (;;) {
+        size_t off = 0;
+        uint32_t need = 0; /* bytes the next, incomplete frame needs in all */
+        while (have - off >= 4) {
+            const uint8_t *q = buf + off;
+            uint32_t len = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3];
+            if (len > KILN_DIST_MAX_FRAME) {
+                rc = KILN_EBADLENGTH;
+                goto out;
+            }
+            if (have - off - 4 < len) {
+                need = len + 4;
+                break;
+            }
+            if (len) { /* zero-length frames are ticks */
+                rc = kiln_ctrl_dispatch(n, c, q + 4, len);
+                if (rc != KILN_OK) {
+                    fprintf(stderr, "kiln: bad distribution message from %s (%s); closing the connection\n",
+                            c->peer_text, kiln_strerror(rc));
+                    goto out;
+                }
+            }
+            off += 4 + (size_t)len;
+        }
+        memmove(buf, buf + off, have - off);
+        have -= off;
+        /* Room for the frame under way (its length is bounded above), and
+         * never less than a chunk to read into. */
+        size_t want = need > READ_CHUNK ? need : READ_CHUNK;
+        if (cap < want) {
+            uint8_t *nb = kiln_realloc(buf, want);
+            if (!nb) {
+                rc = KILN_ENOMEM;
+                goto out;
+            }
+            buf = nb;
+            cap = want;
+        }
+        size_t got;
+        rc = kiln_io_recv(c->fd, buf + have, cap - have, tick_ms, &got);
+        if (rc == KILN_ETIMEOUT) {
+            /* Four silent tick intervals: the peer is gone (Erlang's rule). */
+            if (++silent >= 4) {
+                fprintf(stderr, "kiln: node %s not responding; closing the connection\n", c->peer_text);
+                goto out;
+            }
+            continue;
+        }
+        if (rc != KILN_OK || got == 0)
+            goto out;
+        silent = 0;
+        have += got;
+    }
+out:
+    kiln_free(buf);
+    return rc;
+}
+
+/* After a successful handshake: the writer, the table, then reading. */
+static void run_connection(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t have)
+{
+    struct writer_arg *wa = kiln_malloc(sizeof(*wa));
+    kiln_term writer = KILN_NONE;
+    if (wa) {
+        wa->node = n;
+        wa->fd = c->fd;
+        wa->tick_ms = n->ticktime * 1000u / 4u;
+        if (kiln_spawn_fn(n->rt, writer_main, wa, NULL, &writer) != KILN_OK) {
+            kiln_free(wa);
+            writer = KILN_NONE;
+        }
+    }
+    if (kiln_is_none(writer)) {
+        kiln_free(buf);
+        close(c->fd);
+        kiln_conn_down(n, c, KILN_ENOMEM);
+        return;
+    }
+    c->writer = writer;
+    kiln_conn_up(n, c);
+    int rc = read_loop(n, c, buf, have, READ_CHUNK);
+    int fd = c->fd;
+    kiln_conn_down(n, c, rc == KILN_OK ? KILN_OK : rc);
+    kiln_io_close(fd);
+}
+
+/* ---- the two kinds of connection process ---- */
+
+void kiln_conn_initiator_main(void *arg)
+{
+    struct kiln_conn_start cs = *(struct kiln_conn_start *)arg;
+    kiln_free(arg);
+    kiln_node *n = cs.node;
+    struct kiln_conn *c = cs.conn;
+    const char *at = strchr(c->peer_text, '@');
+    char alive[KILN_NODE_NAME_MAX + 1], host[KILN_NODE_NAME_MAX + 1];
+    snprintf(alive, sizeof alive, "%.*s", (int)(at - c->peer_text), c->peer_text);
+    snprintf(host, sizeof host, "%s", at + 1);
+    uint16_t port = 0;
+    int rc = kiln_epmd_port_please(n, host, alive, &port);
+    int fd = -1;
+    if (rc == KILN_OK)
+        rc = kiln_tcp_connect(host, port, 7000, &fd);
+    uint8_t *buf = NULL;
+    size_t have = 0;
+    kiln_hs_result res;
+    if (rc == KILN_OK) {
+        buf = kiln_malloc(READ_CHUNK);
+        rc = buf ? handshake(n, fd, KILN_HS_INITIATOR, c->peer_text, buf, &have, &res) : KILN_ENOMEM;
+    }
+    if (rc != KILN_OK) {
+        if (rc == KILN_EBADCOOKIE)
+            fprintf(stderr, "kiln: connection to %s refused: the cookies differ\n", c->peer_text);
+        kiln_free(buf);
+        if (fd >= 0)
+            kiln_io_close(fd);
+        kiln_conn_down(n, c, rc);
+        return;
+    }
+    pthread_mutex_lock(&n->lock);
+    c->fd = fd;
+    c->flags = res.flags;
+    c->peer_creation = res.peer_creation;
+    pthread_mutex_unlock(&n->lock);
+    run_connection(n, c, buf, have);
+}
+
+static void accepted_main(void *arg)
+{
+    struct kiln_conn_start cs = *(struct kiln_conn_start *)arg;
+    kiln_free(arg);
+    kiln_node *n = cs.node;
+    uint8_t *buf = kiln_malloc(READ_CHUNK);
+    size_t have = 0;
+    kiln_hs_result res;
+    int rc = buf ? handshake(n, cs.fd, KILN_HS_ACCEPTOR, NULL, buf, &have, &res) : KILN_ENOMEM;
+    if (rc != KILN_OK) {
+        if (rc == KILN_EBADCOOKIE)
+            fprintf(stderr, "kiln: connection attempt refused: digest mismatch (another cookie)\n");
+        else if (rc != KILN_EREFUSED)
+            fprintf(stderr, "kiln: handshake with a connecting node failed: %s\n", kiln_strerror(rc));
+        kiln_free(buf);
+        kiln_io_close(cs.fd);
+        return;
+    }
+    kiln_term peer;
+    if (kiln_atom(res.peer_name, res.peer_name_len, &peer) != KILN_OK) {
+        kiln_free(buf);
+        kiln_io_close(cs.fd);
+        return;
+    }
+    /* Our own attempt to this node lost the simultaneous connect, or it
+     * is an old connection the peer says is dead: this one takes over. */
+    pthread_mutex_lock(&n->lock);
+    struct kiln_conn *c = kiln_conn_find_locked(n, peer);
+    if (c && c->state == KILN_CONN_UP && c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR);
+    struct kiln_conn *nc = kiln_calloc(1, sizeof(*nc));
+    if (!nc) {
+        pthread_mutex_unlock(&n->lock);
+        kiln_free(buf);
+        kiln_io_close(cs.fd);
+        return;
+    }
+    nc->peer = peer;
+    snprintf(nc->peer_text, sizeof nc->peer_text, "%s", res.peer_name);
+    nc->state = KILN_CONN_CONNECTING;
+    nc->fd = cs.fd;
+    nc->flags = res.flags;
+    nc->peer_creation = res.peer_creation;
+    nc->owner = kiln_self();
+    if (c && c->state == KILN_CONN_CONNECTING) {
+        /* Frames and waiters queued for our own attempt move here. */
+        nc->pending = c->pending;
+        nc->pending_tail = c->pending_tail;
+        c->pending = c->pending_tail = NULL;
+    }
+    nc->next = n->conns;
+    n->conns = nc;
+    pthread_mutex_unlock(&n->lock);
+    run_connection(n, nc, buf, have);
+}
+
+void kiln_conn_acceptor_main(void *arg)
+{
+    struct kiln_conn_start cs = *(struct kiln_conn_start *)arg;
+    kiln_free(arg);
+    for (;;) {
+        int fd;
+        int rc = kiln_tcp_accept(cs.fd, -1, &fd);
+        if (rc != KILN_OK) {
+            if (rc == KILN_ESTOPPED)
+                return;
+            kiln_sleep(10); /* out of descriptors, say: do not spin */
+            continue;
+        }
+        struct kiln_conn_start *a = kiln_calloc(1, sizeof(*a));
+        if (a) {
+            a->node = cs.node;
+            a->fd = fd;
+        }
+        if (!a || kiln_spawn_fn(cs.node->rt, accepted_main, a, NULL, NULL) != KILN_OK) {
+            kiln_free(a);
+            close(fd);
+        }
+    }
+}

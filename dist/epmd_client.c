@@ -1,0 +1,135 @@
+/* Talking to EPMD as a client: registering the node (ALIVE2, the socket
+ * held open for the node's life, as EPMD unregisters a name when its
+ * socket closes) and asking where another node listens (PORT_PLEASE2). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dist/node_internal.h"
+#include "runtime/alloc.h"
+
+struct holder {
+    kiln_node *node;
+    struct kiln_waitbox box;
+};
+
+static void holder_main(void *arg)
+{
+    struct holder *h = arg;
+    kiln_node *n = h->node;
+    int fd;
+    char port[8];
+    snprintf(port, sizeof port, "%u", n->epmd_port);
+    int rc = kiln_tcp_connect("127.0.0.1", n->epmd_port, 2000, &fd);
+    if (rc != KILN_OK) {
+        kiln_waitbox_post(&h->box, rc, (uint32_t)kiln_io_errno());
+        return;
+    }
+    const char *at = strchr(n->name_text, '@');
+    kiln_epmd_node me = {
+        .port = n->port,
+        .type = n->hidden ? KILN_EPMD_NODE_HIDDEN : KILN_EPMD_NODE_NORMAL,
+        .protocol = KILN_EPMD_PROTO_TCP,
+        .highest = KILN_EPMD_HIGHEST_VERSION,
+        .lowest = KILN_EPMD_LOWEST_VERSION,
+        .name = (const uint8_t *)n->name_text,
+        .name_len = (size_t)(at - n->name_text),
+    };
+    uint8_t buf[64 + KILN_NODE_NAME_MAX];
+    size_t len;
+    rc = kiln_epmd_enc_alive2_req(buf, sizeof buf, &me, &len);
+    if (rc == KILN_OK)
+        rc = kiln_io_send(fd, buf, len, 2000);
+    size_t have = 0;
+    kiln_epmd_alive2_resp resp;
+    while (rc == KILN_OK) {
+        size_t got, used;
+        rc = kiln_io_recv(fd, buf + have, sizeof buf - have, 2000, &got);
+        if (rc == KILN_OK && got == 0)
+            rc = KILN_EPROTO;
+        if (rc != KILN_OK)
+            break;
+        have += got;
+        rc = kiln_epmd_parse_alive2_resp(buf, have, &resp, &used);
+        if (rc == KILN_EPMD_NEED_MORE) {
+            rc = KILN_OK;
+            continue;
+        }
+        break;
+    }
+    if (rc == KILN_OK && resp.result != 0)
+        rc = KILN_ENAME_TAKEN;
+    if (rc != KILN_OK) {
+        kiln_io_close(fd);
+        kiln_waitbox_post(&h->box, rc, 0);
+        return;
+    }
+    kiln_waitbox_post(&h->box, KILN_OK, resp.creation);
+    /* h belongs to the starter from here on. Hold the registration: this
+     * read ends only when EPMD goes away or the node stops. */
+    for (;;) {
+        size_t got;
+        rc = kiln_io_recv(fd, buf, sizeof buf, -1, &got);
+        if (rc != KILN_OK || got == 0)
+            break;
+    }
+    fprintf(stderr, "kiln: EPMD closed the registration of %s\n", n->name_text);
+    kiln_io_close(fd);
+}
+
+int kiln_epmd_register(kiln_node *n, uint32_t *creation)
+{
+    struct holder *h = kiln_calloc(1, sizeof(*h));
+    if (!h)
+        return KILN_ENOMEM;
+    h->node = n;
+    kiln_waitbox_init(&h->box);
+    int rc = kiln_spawn_fn(n->rt, holder_main, h, NULL, &n->epmd_holder);
+    uint32_t value = 0;
+    if (rc == KILN_OK)
+        rc = kiln_waitbox_wait(&h->box, 10000, &value);
+    if (rc == KILN_OK) {
+        *creation = value;
+    } else {
+        if (rc == KILN_ESYS)
+            errno = (int)value;
+        n->epmd_holder = KILN_NONE;
+    }
+    kiln_waitbox_destroy(&h->box);
+    kiln_free(h);
+    return rc;
+}
+
+int kiln_epmd_port_please(kiln_node *n, const char *host, const char *alive, uint16_t *port)
+{
+    int fd;
+    int rc = kiln_tcp_connect(host, n->epmd_port, 5000, &fd);
+    if (rc != KILN_OK)
+        return rc;
+    uint8_t buf[64 + 2 * 1024];
+    size_t len;
+    rc = kiln_epmd_enc_port_please2_req(buf, sizeof buf, (const uint8_t *)alive, strlen(alive), &len);
+    if (rc == KILN_OK)
+        rc = kiln_io_send(fd, buf, len, 5000);
+    /* The answer is complete when EPMD closes the socket. */
+    size_t have = 0;
+    while (rc == KILN_OK && have < sizeof buf) {
+        size_t got;
+        rc = kiln_io_recv(fd, buf + have, sizeof buf - have, 5000, &got);
+        if (rc != KILN_OK || got == 0)
+            break;
+        have += got;
+    }
+    kiln_io_close(fd);
+    if (rc != KILN_OK)
+        return rc;
+    kiln_epmd_port2_resp resp;
+    size_t used;
+    rc = kiln_epmd_parse_port2_resp(buf, have, &resp, &used);
+    if (rc != KILN_OK)
+        return rc == KILN_EPMD_NEED_MORE ? KILN_EPROTO : rc;
+    if (resp.result != 0)
+        return KILN_EBADNODE; /* no such node registered there */
+    *port = resp.node.port;
+    return KILN_OK;
+}

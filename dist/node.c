@@ -1,0 +1,476 @@
+/* A distributed node: start and stop, the connection table, and waiting
+ * for connections. The wire work is in conn.c (connections), ctrl_out.c
+ * and ctrl_in.c (control messages), epmd_*.c and net_kernel.c. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dist/node_internal.h"
+#include "runtime/alloc.h"
+#include "runtime/dist_hooks.h"
+#include "runtime/rt.h"
+#include "runtime/term_layout.h"
+
+/* The node of the runtime a process runs in: one per runtime. */
+static kiln_node *node_of_rt(kiln_rt *rt)
+{
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+    return d == &kiln_node_dist_ops ? ctx : NULL;
+}
+
+/* ---- a mailbox-free wait for foreign threads (node start) ---- */
+
+void kiln_waitbox_init(struct kiln_waitbox *w)
+{
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    w->done = false;
+    w->rc = KILN_OK;
+    w->value = 0;
+}
+
+void kiln_waitbox_post(struct kiln_waitbox *w, int rc, uint32_t value)
+{
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    w->rc = rc;
+    w->value = value;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int kiln_waitbox_wait(struct kiln_waitbox *w, int64_t timeout_ms, uint32_t *value)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->lock);
+    while (!w->done)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &dl) != 0)
+            break;
+    int rc = w->done ? w->rc : KILN_ETIMEOUT;
+    if (value)
+        *value = w->value;
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+void kiln_waitbox_destroy(struct kiln_waitbox *w)
+{
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+}
+
+/* ---- configuration ---- */
+
+static int read_cookie(kiln_node *n, const char *cookie)
+{
+    char buf[256];
+    if (!cookie) {
+        const char *home = getenv("HOME");
+        char path[4096];
+        snprintf(path, sizeof path, "%s/.erlang.cookie", home ? home : ".");
+        FILE *f = fopen(path, "r");
+        if (!f)
+            return KILN_EINVAL;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+            len--;
+        buf[len] = 0;
+        cookie = buf;
+    }
+    size_t len = strlen(cookie);
+    if (len == 0 || len > 255)
+        return KILN_EINVAL;
+    memcpy(n->cookie, cookie, len);
+    n->cookie_len = len;
+    return KILN_OK;
+}
+
+static int set_name(kiln_node *n, const char *name)
+{
+    if (!name || !*name)
+        return KILN_EINVAL;
+    const char *at = strchr(name, '@');
+    if (at) {
+        snprintf(n->host, sizeof n->host, "%s", at + 1);
+        if (snprintf(n->name_text, sizeof n->name_text, "%s", name) >= (int)sizeof n->name_text)
+            return KILN_EBADNODE;
+    } else {
+        /* Like erl -sname: the short host name. */
+        if (gethostname(n->host, sizeof n->host) != 0)
+            return KILN_ESYS;
+        n->host[sizeof n->host - 1] = 0;
+        char *dot = strchr(n->host, '.');
+        if (dot)
+            *dot = 0;
+        if (snprintf(n->name_text, sizeof n->name_text, "%s@%s", name, n->host) >= (int)sizeof n->name_text)
+            return KILN_EBADNODE;
+    }
+    if (at == name || !*n->host)
+        return KILN_EBADNODE;
+    return kiln_atom(n->name_text, strlen(n->name_text), &n->name);
+}
+
+static uint16_t default_epmd_port(void)
+{
+    const char *env = getenv("ERL_EPMD_PORT");
+    long p = env ? strtol(env, NULL, 10) : 0;
+    return p > 0 && p < 65536 ? (uint16_t)p : KILN_EPMD_DEFAULT_PORT;
+}
+
+/* ---- start and stop ---- */
+
+int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
+{
+    if (!rt || !cfg || !out)
+        return KILN_EINVAL;
+    if (kiln_rt_dist(rt, NULL))
+        return KILN_EBUSY; /* one node per runtime */
+    kiln_node *n = kiln_calloc(1, sizeof(*n));
+    if (!n)
+        return KILN_ENOMEM;
+    n->rt = rt;
+    n->lfd = n->epmd_lfd = -1;
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_mutex_init(&n->epmd_lock, NULL);
+    int rc = set_name(n, cfg->name);
+    if (rc == KILN_OK)
+        rc = read_cookie(n, cfg->cookie);
+    if (rc != KILN_OK)
+        goto fail;
+    n->hidden = cfg->hidden;
+    n->flags = cfg->hidden ? KILN_DFLAGS_HIDDEN : KILN_DFLAGS_VISIBLE;
+    n->ticktime = cfg->net_ticktime ? cfg->net_ticktime : 60;
+    n->epmd_port = cfg->epmd_port ? cfg->epmd_port : default_epmd_port();
+    atomic_store(&n->unlink_ids, 1);
+
+    rc = kiln_tcp_listen(rt, NULL, cfg->port, 128, &n->lfd, &n->port);
+    if (rc != KILN_OK)
+        goto fail;
+
+    /* The node's name first (creation follows from EPMD): every pid and
+     * ref made from now on carries it. */
+    uint32_t creation = 0;
+    rc = kiln_epmd_register(n, &creation);
+    if (rc == KILN_ESYS && !cfg->no_embedded_epmd)
+        rc = kiln_epmd_serve(n, &creation);
+    if (rc != KILN_OK)
+        goto fail;
+    n->creation = creation;
+    n->ctx.node = n->name;
+    n->ctx.creation = creation;
+    rt->node = n->name;
+    rt->creation = creation;
+    kiln_term_set_local_node(n->name, creation);
+    kiln_rt_set_dist(rt, &kiln_node_dist_ops, n);
+
+    rc = kiln_net_kernel_start(n);
+    if (rc != KILN_OK)
+        goto fail_dist;
+    struct kiln_conn_start *cs = kiln_calloc(1, sizeof(*cs));
+    if (!cs) {
+        rc = KILN_ENOMEM;
+        goto fail_dist;
+    }
+    cs->node = n;
+    cs->fd = n->lfd;
+    rc = kiln_spawn_fn(rt, kiln_conn_acceptor_main, cs, NULL, &n->acceptor);
+    if (rc != KILN_OK) {
+        kiln_free(cs);
+        goto fail_dist;
+    }
+    *out = n;
+    return KILN_OK;
+
+fail_dist:
+    kiln_rt_set_dist(rt, NULL, NULL);
+    kiln_epoch_synchronize(rt);
+fail:
+    kiln_node_stop(n);
+    return rc;
+}
+
+static void kill_proc(kiln_rt *rt, kiln_term pid)
+{
+    if (!kiln_is_none(pid) && pid)
+        kiln_rt_exit(rt, pid, KILN_ATOM_KILL);
+}
+
+int kiln_node_stop(kiln_node *n)
+{
+    if (!n)
+        return KILN_EINVAL;
+    kiln_rt *rt = n->rt;
+    pthread_mutex_lock(&n->lock);
+    n->stopping = true;
+    /* Shutting the sockets down makes each connection's reader see the
+     * end, clean up and exit by itself. */
+    for (struct kiln_conn *c = n->conns; c; c = c->next)
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&n->lock);
+    for (int i = 0; i < 5000; i++) {
+        pthread_mutex_lock(&n->lock);
+        bool empty = n->conns == NULL;
+        pthread_mutex_unlock(&n->lock);
+        if (empty)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    kill_proc(rt, n->acceptor);
+    kill_proc(rt, n->net_kernel);
+    kill_proc(rt, n->rex);
+    kill_proc(rt, n->global);
+    kill_proc(rt, n->epmd_holder);
+    kiln_epmd_serve_stop(n);
+    if (kiln_rt_dist(rt, NULL) == &kiln_node_dist_ops) {
+        kiln_rt_set_dist(rt, NULL, NULL);
+        /* Processes may be inside one of our operations: wait them out
+         * before the node's memory goes. */
+        kiln_epoch_synchronize(rt);
+    }
+    /* Killed processes must be gone before their node's memory is. */
+    kiln_term pids[] = {n->acceptor, n->net_kernel, n->rex, n->global, n->epmd_holder};
+    for (size_t i = 0; i < sizeof pids / sizeof pids[0]; i++)
+        for (int t = 0; t < 5000 && pids[i] && !kiln_is_none(pids[i]) && kiln_is_alive(rt, pids[i]); t++) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    if (n->lfd >= 0)
+        close(n->lfd);
+    /* Connections that never got a process to clean them up. */
+    while (n->conns) {
+        struct kiln_conn *c = n->conns;
+        n->conns = c->next;
+        while (c->pending) {
+            kiln_msg *m = c->pending;
+            c->pending = atomic_load_explicit(&m->next, memory_order_relaxed);
+            kiln_msg_free(m);
+        }
+        kiln_free(c->involved);
+        kiln_free(c->waiters);
+        kiln_free(c);
+    }
+    pthread_mutex_destroy(&n->lock);
+    pthread_mutex_destroy(&n->epmd_lock);
+    kiln_free(n);
+    return KILN_OK;
+}
+
+kiln_term kiln_node_name(const kiln_node *n) { return n->name; }
+uint32_t kiln_node_creation(const kiln_node *n) { return n->creation; }
+bool kiln_node_serves_epmd(const kiln_node *n) { return n->serves_epmd; }
+uint16_t kiln_node_port(const kiln_node *n) { return n->port; }
+
+/* ---- the connection table ---- */
+
+struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer)
+{
+    for (struct kiln_conn *c = n->conns; c; c = c->next)
+        if (c->peer == peer)
+            return c;
+    return NULL;
+}
+
+struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
+{
+    pthread_mutex_lock(&n->lock);
+    struct kiln_conn *c = kiln_conn_find_locked(n, peer);
+    if (c || !connect || n->stopping || peer == n->name) {
+        if (c)
+            return c;
+        pthread_mutex_unlock(&n->lock);
+        return NULL;
+    }
+    size_t len;
+    const char *text = kiln_atom_text(peer, &len);
+    if (!text || len > KILN_NODE_NAME_MAX || !memchr(text, '@', len)) {
+        pthread_mutex_unlock(&n->lock);
+        return NULL;
+    }
+    c = kiln_calloc(1, sizeof(*c));
+    struct kiln_conn_start *cs = kiln_calloc(1, sizeof(*cs));
+    if (!c || !cs) {
+        kiln_free(c);
+        kiln_free(cs);
+        pthread_mutex_unlock(&n->lock);
+        return NULL;
+    }
+    c->peer = peer;
+    memcpy(c->peer_text, text, len);
+    c->state = KILN_CONN_CONNECTING;
+    c->fd = -1;
+    c->next = n->conns;
+    n->conns = c;
+    cs->node = n;
+    cs->conn = c;
+    cs->fd = -1;
+    /* The connector runs as its own process: whoever asked carries on. */
+    if (kiln_spawn_fn(n->rt, kiln_conn_initiator_main, cs, NULL, &c->owner) != KILN_OK) {
+        n->conns = c->next;
+        kiln_free(c);
+        kiln_free(cs);
+        pthread_mutex_unlock(&n->lock);
+        return NULL;
+    }
+    return c;
+}
+
+int kiln_conn_send_frame(kiln_node *n, kiln_term peer, kiln_msg *frame)
+{
+    if (!frame)
+        return KILN_ENOMEM;
+    struct kiln_conn *c = kiln_conn_get(n, peer, true);
+    if (!c) {
+        /* Unreachable or not a node name: dropped, as Erlang drops
+         * messages to nodes it cannot reach. */
+        kiln_msg_free(frame);
+        return KILN_OK;
+    }
+    if (c->state == KILN_CONN_UP) {
+        kiln_term writer = c->writer;
+        pthread_mutex_unlock(&n->lock);
+        return kiln_rt_send(n->rt, writer, frame);
+    }
+    atomic_store_explicit(&frame->next, NULL, memory_order_relaxed);
+    if (c->pending_tail)
+        atomic_store_explicit(&c->pending_tail->next, frame, memory_order_relaxed);
+    else
+        c->pending = frame;
+    c->pending_tail = frame;
+    pthread_mutex_unlock(&n->lock);
+    return KILN_OK;
+}
+
+static void tell_waiters(kiln_node *n, struct kiln_conn *c, kiln_term result)
+{
+    for (size_t i = 0; i < c->nwaiters; i++) {
+        kiln_msg *m = kiln_msg_new(64);
+        if (!m)
+            continue;
+        kiln_msg_set_term(m, kiln_tuple(m, 3, kiln_atom_c("$kiln_connect"), c->peer, result));
+        kiln_rt_send(n->rt, c->waiters[i], m);
+    }
+    c->nwaiters = 0;
+}
+
+void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
+{
+    pthread_mutex_lock(&n->lock);
+    c->state = KILN_CONN_UP;
+    kiln_msg *m = c->pending;
+    c->pending = c->pending_tail = NULL;
+    tell_waiters(n, c, KILN_ATOM_OK);
+    kiln_term writer = c->writer;
+    pthread_mutex_unlock(&n->lock);
+    /* In order, before anything sent from now on (which goes straight to
+     * the writer after us, because we hold nothing that they wait for). */
+    while (m) {
+        kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
+        kiln_rt_send(n->rt, writer, m);
+        m = next;
+    }
+}
+
+void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
+{
+    pthread_mutex_lock(&n->lock);
+    for (struct kiln_conn **pp = &n->conns; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    c->state = KILN_CONN_DOWN;
+    kiln_term result = err == KILN_OK ? kiln_atom_c("closed") : kiln_atom_c(kiln_strerror(err));
+    tell_waiters(n, c, result);
+    pthread_mutex_unlock(&n->lock);
+    /* Every link and monitor across it fires with noconnection. */
+    for (size_t i = 0; i < c->ninvolved; i++)
+        kiln_dist_in_nodedown(n->rt, c->peer, c->involved[i]);
+    while (c->pending) {
+        kiln_msg *m = c->pending;
+        c->pending = atomic_load_explicit(&m->next, memory_order_relaxed);
+        kiln_msg_free(m);
+    }
+    if (!kiln_is_none(c->writer) && c->writer)
+        kiln_rt_exit(n->rt, c->writer, KILN_ATOM_KILL);
+    kiln_free(c->involved);
+    kiln_free(c->waiters);
+    kiln_free(c);
+}
+
+/* ---- connect_node and nodes() ---- */
+
+static bool is_connect_reply(kiln_term t, void *peer)
+{
+    return kiln_is_tuple(t) && kiln_tuple_arity(t) == 3 && kiln_tuple_get(t, 0) == kiln_atom_c("$kiln_connect") &&
+           kiln_tuple_get(t, 1) == *(kiln_term *)peer;
+}
+
+int kiln_node_connect(kiln_term node, int64_t timeout_ms)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!rt)
+        return KILN_ENOTPROC;
+    kiln_node *n = node_of_rt(rt);
+    if (!n)
+        return KILN_ENOTSUP;
+    if (node == n->name)
+        return KILN_OK;
+    struct kiln_conn *c = kiln_conn_get(n, node, true);
+    if (!c)
+        return KILN_EBADNODE;
+    if (c->state == KILN_CONN_UP) {
+        pthread_mutex_unlock(&n->lock);
+        return KILN_OK;
+    }
+    if (c->nwaiters == c->capwaiters) {
+        size_t cap = c->capwaiters ? c->capwaiters * 2 : 4;
+        kiln_term *w = kiln_realloc(c->waiters, cap * sizeof(*w));
+        if (!w) {
+            pthread_mutex_unlock(&n->lock);
+            return KILN_ENOMEM;
+        }
+        c->waiters = w;
+        c->capwaiters = cap;
+    }
+    c->waiters[c->nwaiters++] = kiln_self();
+    pthread_mutex_unlock(&n->lock);
+    kiln_msg *m;
+    int rc = kiln_receive(is_connect_reply, &node, timeout_ms, &m);
+    if (rc != KILN_OK)
+        return rc;
+    kiln_term result = kiln_tuple_get(kiln_msg_term(m), 2);
+    rc = result == KILN_ATOM_OK ? KILN_OK : KILN_EREFUSED;
+    kiln_msg_free(m);
+    return rc;
+}
+
+size_t kiln_node_list(kiln_node *n, kiln_term *out, size_t cap)
+{
+    size_t k = 0;
+    pthread_mutex_lock(&n->lock);
+    for (struct kiln_conn *c = n->conns; c; c = c->next) {
+        if (c->state != KILN_CONN_UP)
+            continue;
+        if (k < cap)
+            out[k] = c->peer;
+        k++;
+    }
+    pthread_mutex_unlock(&n->lock);
+    return k;
+}

@@ -1,0 +1,147 @@
+/* Inside a distributed node: the node, its connections, and the functions
+ * its files share (node.c, conn.c, ctrl_out.c, ctrl_in.c, epmd_client.c,
+ * epmd_server.c, net_kernel.c). */
+#ifndef KILN_DIST_NODE_INTERNAL_H
+#define KILN_DIST_NODE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kiln/etf.h"
+#include "kiln/io.h"
+#include "kiln/node.h"
+#include "kiln/process.h"
+
+#include "dist/dist_flags.h"
+#include "dist/epmd_proto.h"
+#include "dist/handshake.h"
+
+#define KILN_NODE_NAME_MAX 255
+/* A frame bigger than this closes the connection: a hostile length never
+ * becomes a huge allocation. */
+#define KILN_DIST_MAX_FRAME (128u << 20)
+
+enum kiln_conn_state { KILN_CONN_CONNECTING, KILN_CONN_UP, KILN_CONN_DOWN };
+
+struct kiln_conn {
+    struct kiln_conn *next;
+    kiln_term peer;                 /* the peer's node atom */
+    char peer_text[KILN_NODE_NAME_MAX + 1];
+    enum kiln_conn_state state;     /* under the node lock */
+    uint64_t flags;                 /* negotiated */
+    uint32_t peer_creation;
+    int fd;                         /* owner's; -1 until connected */
+    kiln_term owner;                /* the connection process (handshake, then reader) */
+    kiln_term writer;               /* the writer process, once up */
+    kiln_msg *pending, *pending_tail; /* frames queued while connecting (under lock) */
+    kiln_term *involved;            /* local pids with links/monitors across it */
+    size_t ninvolved, capinvolved;
+    kiln_term *waiters;             /* processes in kiln_node_connect */
+    size_t nwaiters, capwaiters;
+};
+
+struct kiln_node {
+    kiln_rt *rt;
+    kiln_term name;
+    char name_text[KILN_NODE_NAME_MAX + 1];
+    char host[KILN_NODE_NAME_MAX + 1];
+    uint32_t creation;
+    uint8_t cookie[256];
+    size_t cookie_len;
+    uint64_t flags;
+    bool hidden;
+    unsigned ticktime;              /* seconds */
+    uint16_t port, epmd_port;
+    int lfd;                        /* distribution listener */
+    kiln_etf_ctx ctx;
+
+    pthread_mutex_t lock;           /* connections */
+    struct kiln_conn *conns;
+    bool stopping;
+
+    /* processes the node runs */
+    kiln_term acceptor, epmd_holder, net_kernel, rex, global;
+
+    /* embedded EPMD, when this node serves it */
+    bool serves_epmd;
+    int epmd_lfd;
+    kiln_term epmd_acceptor;
+    pthread_mutex_t epmd_lock;
+    kiln_epmd_server *epmd;
+    int epmd_clients[1024];         /* client sockets, so stop can end them */
+    size_t nepmd_clients;
+
+    _Atomic uint64_t unlink_ids;
+};
+
+/* ---- node.c ---- */
+/* The connection to peer, creating it (and starting a connector process)
+ * when connect is set. Under no lock; returns with the node lock held when
+ * the result is not NULL. */
+struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect);
+/* Queue a frame (a message whose root is the frame's bytes as a binary)
+ * for peer; connects if needed. Consumes frame. */
+int kiln_conn_send_frame(kiln_node *n, kiln_term peer, kiln_msg *frame);
+/* Called by a connection process when its handshake is done: the
+ * connection is up, pending frames go to the writer. */
+void kiln_conn_up(kiln_node *n, struct kiln_conn *c);
+/* The connection is gone: drop it, tell every involved process. */
+void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err);
+/* Find the entry for peer under the lock, or NULL. */
+struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer);
+
+/* ---- conn.c ---- */
+struct kiln_conn_start {
+    kiln_node *node;
+    struct kiln_conn *conn; /* initiator: the entry to fill; acceptor: NULL */
+    int fd;                 /* acceptor: the accepted socket */
+};
+/* Process bodies: an outgoing connection (EPMD lookup, connect, handshake,
+ * reader) and an accepted one. arg is a malloc'd struct kiln_conn_start. */
+void kiln_conn_initiator_main(void *arg);
+void kiln_conn_acceptor_main(void *arg);
+
+/* ---- ctrl_out.c: control messages to peers ---- */
+extern const struct kiln_dist_ops kiln_node_dist_ops;
+/* Encode {Ctrl} [+ Msg] as one frame message for c (pass-through form). */
+kiln_msg *kiln_frame_new(kiln_node *n, kiln_term ctrl, kiln_term msg);
+
+/* ---- ctrl_in.c: control messages from peers ---- */
+/* Handle one non-tick frame payload from c. KILN_OK, or an error that
+ * closes the connection (malformed). */
+int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len);
+
+/* ---- epmd_client.c ---- */
+/* Register name with the EPMD on epmd_port (holding the socket in a
+ * process for the node's life); *creation on success. KILN_ESYS with
+ * ECONNREFUSED when no EPMD listens. */
+int kiln_epmd_register(kiln_node *n, uint32_t *creation);
+/* PORT_PLEASE2 (in a process): the distribution port of alive@host. */
+int kiln_epmd_port_please(kiln_node *n, const char *host, const char *alive, uint16_t *port);
+
+/* ---- epmd_server.c ---- */
+/* Serve EPMD on epmd_port from this node and register it there. */
+int kiln_epmd_serve(kiln_node *n, uint32_t *creation);
+void kiln_epmd_serve_stop(kiln_node *n);
+
+/* ---- net_kernel.c ---- */
+/* net_kernel (answers ping), and for visible nodes rex and
+ * global_name_server, which OTP talks to on connect. */
+int kiln_net_kernel_start(kiln_node *n);
+
+/* ---- sync with a foreign thread ---- */
+struct kiln_waitbox {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    int rc;
+    uint32_t value;
+};
+void kiln_waitbox_init(struct kiln_waitbox *w);
+void kiln_waitbox_post(struct kiln_waitbox *w, int rc, uint32_t value);
+int kiln_waitbox_wait(struct kiln_waitbox *w, int64_t timeout_ms, uint32_t *value);
+void kiln_waitbox_destroy(struct kiln_waitbox *w);
+
+#endif

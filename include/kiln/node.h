@@ -1,0 +1,65 @@
+/* A distributed Kiln node: registers with EPMD (or serves EPMD itself),
+ * accepts and makes Erlang distribution connections, and lets processes
+ * talk to processes on Erlang/OTP nodes as if they were local: send to
+ * pids and to {Name, Node}, link, monitor, exit, call.
+ *
+ * Start a node right after the runtime, before processes make references
+ * (refs carry the node name and creation). Stop it before the runtime. */
+#ifndef KILN_NODE_H
+#define KILN_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln/error.h"
+#include "kiln/runtime.h"
+#include "kiln/term.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kiln_node kiln_node;
+
+typedef struct kiln_node_config {
+    /* "alive" or "alive@host"; without a host, the machine's short host
+     * name (as erl -sname). */
+    const char *name;
+    /* The shared secret; NULL reads $HOME/.erlang.cookie, as erl does. */
+    const char *cookie;
+    /* Hidden nodes do not appear in nodes() and get no global traffic. */
+    bool hidden;
+    uint16_t port;          /* distribution listen port; 0 = any */
+    uint16_t epmd_port;     /* 0 = $ERL_EPMD_PORT, else 4369 */
+    /* When nothing listens on the EPMD port, serve it from this node
+     * (unless this is set), so erl -sname nodes can register with us. */
+    bool no_embedded_epmd;
+    unsigned net_ticktime;  /* seconds (Erlang's net_ticktime); 0 = 60 */
+} kiln_node_config;
+
+/* Start distribution on rt. From any thread; blocks until the node is
+ * registered with EPMD (or failed to). */
+int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out);
+/* Close every connection and stop the node's processes. */
+int kiln_node_stop(kiln_node *n);
+
+/* This node's name atom ('alive@host') and creation. */
+kiln_term kiln_node_name(const kiln_node *n);
+uint32_t kiln_node_creation(const kiln_node *n);
+/* True if this node serves EPMD itself. */
+bool kiln_node_serves_epmd(const kiln_node *n);
+/* The distribution port it listens on. */
+uint16_t kiln_node_port(const kiln_node *n);
+
+/* net_kernel:connect_node (in a process): connect to node if not yet
+ * connected. KILN_OK once up; KILN_EREFUSED, KILN_EBADCOOKIE, KILN_ETIMEOUT,
+ * KILN_ESYS (unreachable) otherwise. */
+int kiln_node_connect(kiln_term node, int64_t timeout_ms);
+/* nodes(): the connected nodes' atoms, up to cap; returns how many there are. */
+size_t kiln_node_list(kiln_node *n, kiln_term *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,386 @@
+/* A Kiln node among real Erlang nodes (brief §7): the C node starts first
+ * on a private EPMD port and serves EPMD; erl -sname then registers with it
+ * and talks to it as to any node. Each scenario is its own ctest test. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "erl_harness.h"
+#include "kiln/node.h"
+
+static kiln_rt *g_rt;
+static kiln_node *g_node;
+static uint16_t g_epmd;
+static char g_kiln[128]; /* 'kiln@host' */
+
+/* ---- the C side's processes ---- */
+
+/* echo: {From, Msg} -> From ! {self(), Msg}; {From, die} -> exit(bye). */
+static kiln_action echo_handle(void *st, kiln_msg *m)
+{
+    (void)st;
+    kiln_term from, msg;
+    if (kiln_match(kiln_msg_term(m), "{~p,die}", &from) == KILN_OK)
+        return kiln_stop(kiln_atom_c("bye"));
+    if (kiln_match(kiln_msg_term(m), "{~p,~t}", &from, &msg) == KILN_OK) {
+        kiln_msg *r = kiln_msg_new(256);
+        kiln_msg_set_term(r, kiln_tuple(r, 2, kiln_self(), kiln_term_copy(r, msg)));
+        kiln_send(from, r);
+    }
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour echo_beh = {"echo", NULL, echo_handle, NULL};
+
+/* cserver: a gen_server answering ping with pong, anything else echoed. */
+static kiln_action cserver_handle(void *st, kiln_msg *m)
+{
+    (void)st;
+    kiln_term from, req;
+    if (kiln_match_call(kiln_msg_term(m), &from, &req) != KILN_OK)
+        return KILN_CONTINUE;
+    kiln_msg *r = kiln_msg_new(128);
+    kiln_msg_set_term(r, req == kiln_atom_c("ping") ? kiln_atom_c("pong") : kiln_term_copy(r, req));
+    kiln_reply(from, r);
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour cserver_beh = {"cserver", NULL, cserver_handle, NULL};
+
+/* watcher: traps exits; answers {From, whoami} with {whoami, self()} and
+ * forwards everything else it receives to {t, ErlNode}. */
+static kiln_term g_erl_node;
+static kiln_action watcher_handle(void *st, kiln_msg *m)
+{
+    (void)st;
+    kiln_term from;
+    kiln_msg *out = kiln_msg_new(256);
+    if (kiln_match(kiln_msg_term(m), "{~p,whoami}", &from) == KILN_OK) {
+        kiln_msg_set_term(out, kiln_build(out, "{whoami,~p}", kiln_self()));
+        kiln_send(from, out);
+        return KILN_CONTINUE;
+    }
+    kiln_msg_set_term(out, kiln_term_copy(out, kiln_msg_term(m)));
+    kiln_msg *to = kiln_msg_new(32);
+    kiln_send(kiln_tuple(to, 2, kiln_atom_c("t"), g_erl_node), out);
+    kiln_msg_free(to);
+    return KILN_CONTINUE;
+}
+static int watcher_init(void *arg, void **st)
+{
+    (void)arg;
+    *st = NULL;
+    kiln_trap_exit(true);
+    return KILN_OK;
+}
+static const kiln_behaviour watcher_beh = {"watcher", watcher_init, watcher_handle, NULL};
+
+static void start_node(bool hidden)
+{
+    g_epmd = free_port();
+    short_hostname();
+    snprintf(g_kiln, sizeof g_kiln, "kiln@%s", g_host);
+    g_rt = kiln_test_rt(2, NULL);
+    kiln_node_config c = {.name = "kiln", .cookie = COOKIE, .epmd_port = g_epmd, .hidden = hidden,
+                          .net_ticktime = 8};
+    assert_int_equal(kiln_node_start(g_rt, &c, &g_node), KILN_OK);
+    assert_true(kiln_node_serves_epmd(g_node));
+    kiln_spawn_opts o = {.register_as = "echo"};
+    assert_int_equal(kiln_spawn(g_rt, &echo_beh, NULL, &o, NULL), KILN_OK);
+    o.register_as = "cserver";
+    assert_int_equal(kiln_spawn(g_rt, &cserver_beh, NULL, &o, NULL), KILN_OK);
+}
+
+static int node_teardown(void **state)
+{
+    teardown(state); /* erl nodes first: they were our clients */
+    if (g_node)
+        kiln_node_stop(g_node);
+    if (g_rt)
+        kiln_rt_stop(g_rt);
+    g_node = NULL;
+    g_rt = NULL;
+    return 0;
+}
+
+static void eval_expect(struct erl_node *e, const char *expr, const char *want)
+{
+    char res[16384];
+    erl_eval(e, expr, res, sizeof res);
+    if (!strstr(res, want))
+        fail_msg("`%s` gave %s, wanted %s\nerl log:\n%s", expr, res, want, e->log ? e->log : "");
+}
+
+static struct erl_node *erl_with_t(const char *sname)
+{
+    struct erl_node *e = erl_start(sname, g_epmd);
+    /* The REPL process receives what the C side sends to {t, Node}. */
+    eval_expect(e, "register(t, self()).", "true");
+    return e;
+}
+
+/* ---- scenarios ---- */
+
+static void test_ping_and_names(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tping");
+    char expr[512];
+    eval_expect(e, "{ok, Ns} = net_adm:names(), lists:keymember(\"kiln\", 1, Ns).", "true");
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e, expr, "pong");
+    snprintf(expr, sizeof expr, "lists:member('%s', nodes()).", g_kiln);
+    eval_expect(e, expr, "true");
+    /* It knows us under our name too. */
+    kiln_term list[4];
+    for (int i = 0; i < 100 && kiln_node_list(g_node, list, 4) == 0; i++)
+        usleep(10000);
+    assert_int_equal(kiln_node_list(g_node, list, 4), 1);
+    char want[128];
+    snprintf(want, sizeof want, "t%s@%s", "ping", g_host);
+    size_t len;
+    const char *txt = kiln_atom_text(list[0], &len);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(txt, want, len);
+}
+
+static void test_hidden_node(void **state)
+{
+    (void)state;
+    start_node(true);
+    struct erl_node *e = erl_with_t("thid");
+    char expr[512];
+    snprintf(expr, sizeof expr, "{net_adm:ping('%s'), nodes(), lists:member('%s', nodes(hidden))}.", g_kiln, g_kiln);
+    eval_expect(e, expr, "{pong,[],true}");
+    eval_expect(e, "Self = self(), spawn(fun() -> Self ! {s, global:sync()} end), receive {s, S} -> S after 3000 -> "
+                   "timeout end.",
+                "ok");
+}
+
+static void test_echo_terms(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("techo");
+    char expr[4096];
+    snprintf(expr, sizeof expr,
+             "Ts = [1, -1, 255, 256, 1 bsl 70, -(1 bsl 64), 3.14, -0.0, <<1,2>>, <<1:3>>, \"str\", [1|2], "
+             "#{a => 1, {x, y} => []}, make_ref(), self(), fun lists:sum/1, fun(X) -> X + 1 end, "
+             "list_to_atom([228,246]), list_to_tuple(lists:seq(1, 300)), binary:copy(<<7>>, 100000), "
+             "lists:seq(1, 2000), {deep, [[[[[[{x}]]]]]]}], "
+             "[begin {echo, '%s'} ! {self(), T}, receive {_, R} -> R =:= T after 3000 -> timeout end end || T <- Ts].",
+             g_kiln);
+    char res[16384];
+    erl_eval(e, expr, res, sizeof res);
+    if (strstr(res, "false") || strstr(res, "timeout") || !strstr(res, "true"))
+        fail_msg("round trips: %s\nerl log:\n%s", res, e->log ? e->log : "");
+}
+
+struct sender {
+    char target[128];
+    int rc_connect, rc_send;
+    _Atomic int done;
+};
+
+static void kiln_sends_first(void *arg)
+{
+    struct sender *s = arg;
+    kiln_term node = kiln_atom_c(s->target);
+    s->rc_connect = kiln_node_connect(node, 5000);
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_msg *m = kiln_msg_new(64);
+    kiln_msg_set_term(m, kiln_build(m, "{hi,from_kiln,~p}", kiln_self()));
+    s->rc_send = kiln_send(kiln_tuple(to, 2, kiln_atom_c("t"), node), m);
+    kiln_msg_free(to);
+    atomic_store(&s->done, 1);
+}
+
+static void test_kiln_connects_and_sends(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tsend");
+    struct sender *s = calloc(1, sizeof(*s));
+    snprintf(s->target, sizeof s->target, "%s", e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, kiln_sends_first, s, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&s->done, 10000));
+    assert_int_equal(s->rc_connect, KILN_OK);
+    assert_int_equal(s->rc_send, KILN_OK);
+    eval_expect(e, "receive {hi, from_kiln, P} when is_pid(P) -> node(P) after 3000 -> timeout end.", "kiln@");
+    char expr[1024];
+    snprintf(expr, sizeof expr, "lists:member('%s', nodes(connected)).", g_kiln);
+    eval_expect(e, expr, "true");
+    free(s);
+}
+
+static void test_calls(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tcall");
+    char expr[512];
+    snprintf(expr, sizeof expr, "gen_server:call({cserver, '%s'}, ping, 1000).", g_kiln);
+    eval_expect(e, expr, "pong");
+    snprintf(expr, sizeof expr, "gen_server:call({cserver, '%s'}, {any, [term], <<1>>}, 1000).", g_kiln);
+    eval_expect(e, expr, "{any,[term],<<1>>}");
+    /* An unknown name fails at once with noproc, not after the timeout. */
+    snprintf(expr, sizeof expr,
+             "T0 = erlang:monotonic_time(millisecond), R = (catch gen_server:call({nosuch, '%s'}, x, 2000)), "
+             "{element(1, element(2, R)), erlang:monotonic_time(millisecond) - T0 < 1500}.",
+             g_kiln);
+    eval_expect(e, expr, "{noproc,true}");
+}
+
+static void test_monitor_and_down(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tmon");
+    char expr[512];
+    snprintf(expr, sizeof expr,
+             "M = monitor(process, {echo, '%s'}), {echo, '%s'} ! {self(), die}, "
+             "receive {'DOWN', M, process, Who, R} -> {Who, R} after 3000 -> timeout end.",
+             g_kiln, g_kiln);
+    eval_expect(e, expr, "{{echo,kiln@");
+    eval_expect(e, "ok.", "ok");
+    snprintf(expr, sizeof expr,
+             "M2 = monitor(process, {echo, '%s'}), receive {'DOWN', M2, process, _, R2} -> R2 after 3000 -> timeout end.",
+             g_kiln);
+    eval_expect(e, expr, "noproc");
+}
+
+static void test_links(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tlink");
+    g_erl_node = kiln_atom_c(e->full);
+    kiln_spawn_opts o = {.register_as = "watcher"};
+    assert_int_equal(kiln_spawn(g_rt, &watcher_beh, NULL, &o, NULL), KILN_OK);
+    char expr[1024];
+    /* A trapping C process linked to an Erlang process that dies with
+     * boom receives {'EXIT', Pid, boom} (it forwards it to t). */
+    snprintf(expr, sizeof expr,
+             "{watcher, '%s'} ! {self(), whoami}, W = receive {whoami, P} -> P after 3000 -> timeout end, "
+             "L = spawn(fun() -> link(W), receive go -> exit(boom) end end), timer:sleep(200), L ! go, "
+             "receive {'EXIT', L, R} -> R after 3000 -> timeout end.",
+             g_kiln);
+    eval_expect(e, expr, "boom");
+    /* A C process that does not trap exits dies with the same reason. */
+    snprintf(expr, sizeof expr,
+             "{echo, '%s'} ! {self(), ping}, receive {EchoPid, ping} -> "
+             "L2 = spawn(fun() -> link(EchoPid), receive go -> exit(boom) end end), "
+             "timer:sleep(200), L2 ! go, ok after 3000 -> timeout end.",
+             g_kiln);
+    eval_expect(e, expr, "ok");
+    for (int i = 0; i < 300 && !kiln_is_none(kiln_whereis(g_rt, kiln_atom_c("echo"))); i++)
+        usleep(10000);
+    assert_true(kiln_is_none(kiln_whereis(g_rt, kiln_atom_c("echo"))));
+    /* exit/2 from Erlang with kill ends even a trapping process. */
+    snprintf(expr, sizeof expr,
+             "{watcher, '%s'} ! {self(), whoami}, W2 = receive {whoami, P2} -> P2 after 3000 -> timeout end, "
+             "M = monitor(process, W2), exit(W2, kill), "
+             "receive {'DOWN', M, process, _, R2} -> R2 after 3000 -> timeout end.",
+             g_kiln);
+    eval_expect(e, expr, "killed");
+}
+
+struct nc {
+    kiln_term erl_node;
+    _Atomic int ready;
+    _Atomic int got;
+    char down[512];
+};
+
+static bool any(kiln_term t, void *a)
+{
+    (void)t;
+    (void)a;
+    return true;
+}
+
+static void noconn_body(void *arg)
+{
+    struct nc *s = arg;
+    kiln_msg *refs = kiln_msg_new(128);
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_term mref;
+    kiln_monitor(kiln_tuple(to, 2, kiln_atom_c("t"), s->erl_node), refs, &mref);
+    atomic_store(&s->ready, 1);
+    kiln_msg *m;
+    if (kiln_receive(any, NULL, 15000, &m) == KILN_OK) {
+        kiln_term_print(s->down, sizeof s->down, kiln_msg_term(m));
+        kiln_msg_free(m);
+        atomic_store(&s->got, 1);
+    }
+    kiln_msg_free(refs);
+    kiln_msg_free(to);
+}
+
+static void test_kill_erl_gives_noconnection(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tkill");
+    char expr[1024];
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e, expr, "pong");
+    struct nc *s = calloc(1, sizeof(*s));
+    s->erl_node = kiln_atom_c(e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, noconn_body, s, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&s->ready, 5000));
+    usleep(300000); /* the MONITOR_P reaches erl */
+    kill(-e->pid, SIGKILL);
+    assert_true(kiln_test_wait_flag(&s->got, 15000));
+    if (!strstr(s->down, "noconnection"))
+        fail_msg("wanted a DOWN with noconnection, got %s", s->down);
+    free(s);
+}
+
+static void test_wrong_cookie_pang(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tcookie");
+    char expr[1024];
+    snprintf(expr, sizeof expr, "erlang:set_cookie('%s', wrong), net_adm:ping('%s').", g_kiln, g_kiln);
+    eval_expect(e, expr, "pang");
+    /* The node is still up for the right cookie. */
+    snprintf(expr, sizeof expr, "erlang:set_cookie('%s', secret), net_adm:ping('%s').", g_kiln, g_kiln);
+    eval_expect(e, expr, "pong");
+}
+
+static void test_rpc_not_served_yet(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("trpc");
+    char expr[1024];
+    snprintf(expr, sizeof expr, "rpc:call('%s', erlang, node, [], 2000).", g_kiln);
+    eval_expect(e, expr, "{badrpc,notsup}");
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_ping_and_names, node_teardown),
+        cmocka_unit_test_teardown(test_hidden_node, node_teardown),
+        cmocka_unit_test_teardown(test_echo_terms, node_teardown),
+        cmocka_unit_test_teardown(test_kiln_connects_and_sends, node_teardown),
+        cmocka_unit_test_teardown(test_calls, node_teardown),
+        cmocka_unit_test_teardown(test_monitor_and_down, node_teardown),
+        cmocka_unit_test_teardown(test_links, node_teardown),
+        cmocka_unit_test_teardown(test_kill_erl_gives_noconnection, node_teardown),
+        cmocka_unit_test_teardown(test_wrong_cookie_pang, node_teardown),
+        cmocka_unit_test_teardown(test_rpc_not_served_yet, node_teardown),
+    };
+    if (argc > 1) {
+        static char pattern[128];
+        snprintf(pattern, sizeof pattern, "test_%s", argv[1]);
+        cmocka_set_test_filter(pattern);
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
