@@ -9,6 +9,7 @@
  * monitor on its side and says so on the reply (KILN_MF_DEMONITORED), so
  * the common call costs two messages, as it would without monitoring. */
 #include "alloc.h"
+#include "dist_hooks.h"
 #include "rt.h"
 
 struct call_wait {
@@ -71,6 +72,82 @@ static int noproc(kiln_msg **reason)
     return KILN_ENOPROC;
 }
 
+/* The answer to a call: the reply, or the DOWN's reason. */
+static int finish(struct kiln_proc *p, uint64_t n, kiln_term target, kiln_msg *m, kiln_msg **reply,
+                  kiln_msg **reason)
+{
+    kiln_term t = m->root;
+    if (kiln_tuple_arity(t) == 5) {
+        /* DOWN: the monitor is already gone; drop the alias. */
+        forget(p, n, target);
+        kiln_term why = kiln_tuple_get(t, 4);
+        int rc = why == KILN_ATOM_NOPROC ? KILN_ENOPROC : KILN_EEXIT;
+        if (reason) {
+            m->root = why;
+            m->kind = KILN_MK_USER;
+            *reason = m;
+        } else {
+            kiln_msg_free(m);
+        }
+        return rc;
+    }
+    /* A local server that replied itself dropped its side of the monitor. */
+    forget(p, n, (m->flags & KILN_MF_DEMONITORED) ? KILN_NONE : target);
+    m->root = kiln_tuple_get(t, 1);
+    m->kind = KILN_MK_USER;
+    m->flags = 0;
+    *reply = m;
+    return KILN_OK;
+}
+
+/* A call to a process on another node: as OTP does it, a monitor whose
+ * reference is also the reply alias, sent through the node; the reply
+ * comes back as ALIAS_SEND and the DOWN (noproc, the exit reason, or
+ * noconnection) as MONITOR_P_EXIT. */
+static int call_remote(struct kiln_proc *p, kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply,
+                       kiln_msg **reason)
+{
+    kiln_rt *rt = p->rt;
+    void *ctx;
+    const struct kiln_dist_ops *d = kiln_rt_dist(rt, &ctx);
+    if (!d) {
+        kiln_msg_free(request);
+        return KILN_ENOTSUP;
+    }
+    bool by_name = kiln_is_tuple(to);
+    kiln_term node = by_name ? kiln_tuple_get(to, 1) : kiln_pid_node(to);
+    kiln_term name = by_name ? kiln_tuple_get(to, 0) : KILN_NONE;
+    uint64_t n = kiln_ref_next(rt);
+    struct kiln_proc_ext *e = kiln_proc_ext(p);
+    uint64_t alias_entry = n;
+    kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
+    kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
+    kiln_term from = kiln_tuple(request, 2, p->pid, tag);
+    kiln_term call = kiln_tuple(request, 3, KILN_ATOM_GEN_CALL, from, request->root);
+    /* A remote name monitor keeps the node atom where the pid would be. */
+    struct kiln_monitor mon = {n, by_name ? node : to, name, KILN_NONE, NULL};
+    if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
+        kiln_msg_free(request);
+        return KILN_ENOMEM;
+    }
+    if (!kiln_monitor_add(p, true, &mon)) {
+        forget(p, n, KILN_NONE);
+        kiln_msg_free(request);
+        return KILN_ENOMEM;
+    }
+    d->monitor(ctx, p->pid, by_name ? name : to, node, mref);
+    request->root = call;
+    kiln_rt_send(rt, to, request);
+    struct call_wait cw = {rt, n};
+    kiln_msg *m;
+    int rc = kiln_proc_receive(p, match_reply, &cw, timeout_ms, &m);
+    if (rc != KILN_OK) {
+        forget(p, n, mon.pid);
+        return rc;
+    }
+    return finish(p, n, mon.pid, m, reply, reason);
+}
+
 int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply, kiln_msg **reason)
 {
     struct kiln_proc *p = kiln_current_proc();
@@ -86,9 +163,13 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
     }
     kiln_rt *rt = p->rt;
     kiln_term target = to;
+    bool by_name = kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_is_atom(kiln_tuple_get(to, 0)) &&
+                   kiln_is_atom(kiln_tuple_get(to, 1));
+    if ((kiln_is_pid(to) && kiln_is_remote(rt, to)) || (by_name && kiln_tuple_get(to, 1) != rt->node))
+        return call_remote(p, to, request, timeout_ms, reply, reason);
     if (kiln_is_atom(to))
         target = kiln_whereis(rt, to);
-    else if (kiln_is_tuple(to) && kiln_tuple_arity(to) == 2 && kiln_tuple_get(to, 1) == rt->node)
+    else if (by_name)
         target = kiln_whereis(rt, kiln_tuple_get(to, 0));
     if (!kiln_is_local_pid(target) || !kiln_is_alive(rt, target)) {
         kiln_msg_free(request);
@@ -127,28 +208,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
         forget(p, n, target);
         return rc;
     }
-    kiln_term t = m->root;
-    if (kiln_tuple_arity(t) == 5) {
-        /* DOWN: the monitor is already gone; drop the alias. */
-        forget(p, n, target);
-        kiln_term why = kiln_tuple_get(t, 4);
-        rc = why == KILN_ATOM_NOPROC ? KILN_ENOPROC : KILN_EEXIT;
-        if (reason) {
-            m->root = why;
-            m->kind = KILN_MK_USER;
-            *reason = m;
-        } else {
-            kiln_msg_free(m);
-        }
-        return rc;
-    }
-    /* The server dropped its side of the monitor when it replied itself. */
-    forget(p, n, (m->flags & KILN_MF_DEMONITORED) ? KILN_NONE : target);
-    m->root = kiln_tuple_get(t, 1);
-    m->kind = KILN_MK_USER;
-    m->flags = 0;
-    *reply = m;
-    return KILN_OK;
+    return finish(p, n, target, m, reply, reason);
 }
 
 int kiln_reply(kiln_term from, kiln_msg *reply)

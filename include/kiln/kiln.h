@@ -9,6 +9,8 @@
 #include "kiln/timer.h"
 #include "kiln/io.h"
 #include "kiln/node.h"
+#include "kiln/gen_server.h"
+#include "kiln/supervisor.h"
 #include "kiln/etf.h"
 
 #endif

@@ -352,6 +352,57 @@ static void test_wrong_cookie_pang(void **state)
     eval_expect(e, expr, "pong");
 }
 
+struct caller {
+    char node[128];
+    int rc_ok, rc_noproc, rc_timeout;
+    char reply[256];
+    _Atomic int done;
+};
+
+static void kiln_calls_erlang(void *arg)
+{
+    struct caller *c = arg;
+    kiln_term node = kiln_atom_c(c->node);
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_msg *req = kiln_msg_new(64), *reply = NULL;
+    kiln_msg_set_term(req, kiln_build(req, "{add,~i}", (int64_t)5));
+    c->rc_ok = kiln_call(kiln_tuple(to, 2, kiln_atom_c("esrv"), node), req, 5000, &reply, NULL);
+    if (reply) {
+        kiln_term_print(c->reply, sizeof c->reply, kiln_msg_term(reply));
+        kiln_msg_free(reply);
+    }
+    req = kiln_msg_new(16);
+    kiln_msg_set_term(req, kiln_atom_c("x"));
+    c->rc_noproc = kiln_call(kiln_tuple(to, 2, kiln_atom_c("nobody"), node), req, 5000, &reply, NULL);
+    req = kiln_msg_new(16);
+    kiln_msg_set_term(req, kiln_atom_c("slow"));
+    c->rc_timeout = kiln_call(kiln_tuple(to, 2, kiln_atom_c("esrv"), node), req, 200, &reply, NULL);
+    kiln_msg_free(to);
+    atomic_store(&c->done, 1);
+}
+
+static void test_kiln_calls_erlang_gen_server(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tkcall");
+    /* An Erlang gen_server written in the shell: add N, or sleep on slow. */
+    eval_expect(e,
+                "Srv = spawn(fun Loop() -> receive {'$gen_call', From, {add, N}} -> gen:reply(From, {sum, N + 37}), "
+                "Loop(); {'$gen_call', _From, slow} -> timer:sleep(1000), Loop() end end), "
+                "register(esrv, Srv).",
+                "true");
+    struct caller *c = calloc(1, sizeof(*c));
+    snprintf(c->node, sizeof c->node, "%s", e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, kiln_calls_erlang, c, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&c->done, 15000));
+    assert_int_equal(c->rc_ok, KILN_OK);
+    assert_string_equal(c->reply, "{sum,42}");
+    assert_int_equal(c->rc_noproc, KILN_ENOPROC);
+    assert_int_equal(c->rc_timeout, KILN_ETIMEOUT);
+    free(c);
+}
+
 static void test_rpc_not_served_yet(void **state)
 {
     (void)state;
@@ -376,6 +427,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_kill_erl_gives_noconnection, node_teardown),
         cmocka_unit_test_teardown(test_wrong_cookie_pang, node_teardown),
         cmocka_unit_test_teardown(test_rpc_not_served_yet, node_teardown),
+        cmocka_unit_test_teardown(test_kiln_calls_erlang_gen_server, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];

@@ -1,0 +1,579 @@
+/* gen_server on a Kiln behaviour: the behaviour's handle is OTP's
+ * handle_msg, dispatching calls, casts, system messages and infos to the
+ * user's callbacks one message at a time, so an idle server holds no
+ * stack. Start goes through the proc_lib handshake (proc_start.c).
+ *
+ * Stopping from a callback runs the user's terminate inside handle, before
+ * the process exits, so that terminate may block and, as in OTP, the reply
+ * of a {stop, Reason, Reply} goes out after it. The runtime then calls our
+ * behaviour terminate, which only frees. When the process is ended from
+ * outside, that behaviour terminate is the only one and runs the user's. */
+#include <stdlib.h>
+#include <stdio.h>
+
+#include "kiln/timer.h"
+#include "otp/otp_internal.h"
+
+struct gs {
+    const kiln_gen_server *cb;
+    void *state;
+    kiln_term self, parent;
+    bool init_done;   /* the user's init succeeded: terminate is owed */
+    bool terminated;  /* the user's terminate has run */
+    bool dying;       /* stop decided outside handle: exit at the next message */
+    bool suspended;
+    kiln_timer timer; /* the Timeout of the last result */
+    uint64_t timer_gen;
+    int64_t last_timeout;
+};
+
+static kiln_term atom_system, atom_timeout_tag, atom_wake, atom_timeout;
+
+static void atoms(void)
+{
+    /* Atoms are never freed, so racing initialisers store the same values. */
+    if (!atom_system) {
+        atom_timeout_tag = kiln_atom_c("$kiln_gs_timeout");
+        atom_wake = kiln_atom_c("$kiln_gs_wake");
+        atom_timeout = kiln_atom_c("timeout");
+        atom_system = kiln_atom_c("system");
+    }
+}
+
+/* ---- terminate ---- */
+
+/* Which state's terminate runs from the server loop on this thread; set
+ * before every call of a user terminate (NULL on the runtime path) so the
+ * value read on entry is always the current call's. */
+static _Thread_local const void *tl_loop_state;
+
+bool kiln_otp_terminate_in_loop(const void *state) { return state && tl_loop_state == state; }
+
+static void user_terminate(struct gs *s, kiln_term reason, bool in_loop)
+{
+    if (!s->init_done || s->terminated)
+        return;
+    s->terminated = true;
+    if (s->timer) {
+        kiln_cancel_timer(kiln_current_rt(), s->timer, NULL);
+        s->timer = 0;
+    }
+    if (s->cb->terminate) {
+        tl_loop_state = in_loop ? s->state : NULL;
+        s->cb->terminate(s->state, reason);
+        tl_loop_state = NULL;
+    }
+}
+
+static void gs_terminate(void *state, kiln_term reason)
+{
+    struct gs *s = state;
+    if (!s)
+        return;
+    user_terminate(s, reason, false);
+    free(s);
+}
+
+/* Stop from the loop: terminate, then the optional reply, then exit. The
+ * reason and reply are copied first: terminate may free what they live in. */
+static kiln_action do_stop(struct gs *s, kiln_term reason, kiln_term from, kiln_term reply, kiln_msg *reply_msg)
+{
+    kiln_msg *rm = kiln_msg_new(64);
+    kiln_term r = rm ? kiln_term_copy(rm, reason) : KILN_NONE;
+    if (kiln_is_none(r))
+        r = KILN_ATOM_KILLED; /* out of memory: an immediate reason needs no arena */
+    if (!kiln_is_none(from) && !reply_msg && !kiln_is_none(reply)) {
+        reply_msg = kiln_msg_new(64);
+        if (reply_msg)
+            kiln_msg_set_term(reply_msg, kiln_term_copy(reply_msg, reply));
+    }
+    user_terminate(s, r, true);
+    if (reply_msg) {
+        if (!kiln_is_none(from))
+            kiln_reply(from, reply_msg);
+        else
+            kiln_msg_free(reply_msg);
+    }
+    kiln_stop(r);
+    kiln_msg_free(rm);
+    return KILN_STOP;
+}
+
+static kiln_action bad_return(struct gs *s, kiln_gs_ret r)
+{
+    kiln_msg *m = kiln_msg_new(64);
+    kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c("bad_return_value"), kiln_small((int64_t)r.action)) : KILN_NONE;
+    kiln_msg_free(r.reply_msg);
+    kiln_action a = do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_return_value") : why, KILN_NONE, KILN_NONE, NULL);
+    kiln_msg_free(m);
+    return a;
+}
+
+/* ---- timeouts ---- */
+
+static void arm_timeout(struct gs *s, int64_t ms)
+{
+    s->last_timeout = ms;
+    if (ms < 0)
+        return;
+    kiln_msg *m = kiln_msg_new(32);
+    if (!m)
+        return;
+    s->timer_gen++;
+    kiln_msg_set_term(m, kiln_tuple(m, 2, atom_timeout_tag, kiln_int(m, (int64_t)s->timer_gen)));
+    if (kiln_send_after(kiln_current_rt(), (uint64_t)ms, s->self, m, &s->timer) != KILN_OK)
+        s->timer = 0;
+}
+
+static void cancel_timeout(struct gs *s)
+{
+    if (s->timer) {
+        /* If it already fired, its message carries an old generation. */
+        kiln_cancel_timer(kiln_current_rt(), s->timer, NULL);
+        s->timer = 0;
+        s->timer_gen++;
+    }
+}
+
+/* ---- acting on results ---- */
+
+static void send_reply(kiln_term from, kiln_gs_ret *r)
+{
+    kiln_msg *m = r->reply_msg;
+    r->reply_msg = NULL;
+    if (!m) {
+        m = kiln_msg_new(64);
+        if (!m)
+            return;
+        kiln_msg_set_term(m, kiln_term_copy(m, r->reply));
+    }
+    kiln_reply(from, m);
+}
+
+/* Act on r, then on the handle_continue chain it starts. from is the call
+ * being answered, or KILN_NONE. */
+static kiln_action act_one(struct gs *s, kiln_gs_ret *r, kiln_term from)
+{
+    switch (r->action) {
+    case KILN_GS_REPLY:
+        if (kiln_is_none(from))
+            return bad_return(s, *r);
+        send_reply(from, r);
+        return KILN_CONTINUE;
+    case KILN_GS_NOREPLY:
+        kiln_msg_free(r->reply_msg);
+        r->reply_msg = NULL;
+        return KILN_CONTINUE;
+    case KILN_GS_STOP:
+        return do_stop(s, r->reason, from, r->reply, r->reply_msg);
+    default:
+        return bad_return(s, *r);
+    }
+}
+
+static kiln_action act(struct gs *s, kiln_gs_ret r, kiln_term from)
+{
+    for (;;) {
+        kiln_action a = act_one(s, &r, from);
+        if (a == KILN_STOP || kiln_is_none(r.cont)) {
+            if (a == KILN_CONTINUE)
+                arm_timeout(s, r.timeout_ms);
+            kiln_msg_free(r.hold);
+            return a;
+        }
+        kiln_term cont = r.cont;
+        if (!s->cb->handle_continue) {
+            a = bad_return(s, r);
+            kiln_msg_free(r.hold);
+            return a;
+        }
+        from = KILN_NONE;
+        kiln_gs_ret next = s->cb->handle_continue(s->state, cont);
+        kiln_msg_free(r.hold);
+        r = next;
+    }
+}
+
+/* ---- system messages ---- */
+
+static void reply_term(kiln_term from, kiln_term t)
+{
+    kiln_msg *m = kiln_msg_new(64);
+    if (!m)
+        return;
+    kiln_msg_set_term(m, kiln_term_copy(m, t));
+    kiln_reply(from, m);
+}
+
+static kiln_term state_term(struct gs *s, kiln_msg *m)
+{
+    kiln_term t = s->cb->format_state ? s->cb->format_state(s->state, m) : KILN_ATOM_UNDEFINED;
+    return kiln_is_none(t) ? KILN_ATOM_UNDEFINED : t;
+}
+
+static void reply_status(struct gs *s, kiln_term from)
+{
+    /* sys:get_status's shape for a gen_server (format_status's default). */
+    kiln_msg *m = kiln_msg_new(512);
+    if (!m)
+        return;
+    char header[160];
+    snprintf(header, sizeof(header), "Status for generic server %s", s->cb->name ? s->cb->name : "");
+    kiln_term sys_state = kiln_atom_c(s->suspended ? "suspended" : "running");
+    kiln_term t = kiln_build(m,
+                             "{status,~p,{module,gen_server},[[],~A,~p,[],"
+                             "[{header,~s},{data,[{\"Status\",~A},{\"Parent\",~p},{\"Logged events\",[]}]},"
+                             "{data,[{\"State\",~t}]}]]}",
+                             s->self, sys_state, s->parent, header, sys_state, s->parent, state_term(s, m));
+    if (kiln_is_none(t)) {
+        kiln_msg_free(m);
+        return;
+    }
+    kiln_msg_set_term(m, t);
+    kiln_reply(from, m);
+}
+
+static bool is_system_or_parent_exit(kiln_term t, void *arg)
+{
+    const struct gs *s = arg;
+    if (!kiln_is_tuple(t) || kiln_tuple_arity(t) != 3)
+        return false;
+    kiln_term tag = kiln_tuple_get(t, 0);
+    return tag == atom_system || (tag == KILN_ATOM_EXIT && kiln_term_eq(kiln_tuple_get(t, 1), s->parent) &&
+                                  s->parent != s->self);
+}
+
+static kiln_action system_msg(struct gs *s, kiln_term from, kiln_term req);
+
+/* sys:suspend: only system messages and the parent's exit are handled
+ * until resume; everything else waits in the mailbox in order. The server
+ * holds a stack meanwhile (it is blocked in a receive). */
+static kiln_action suspended_loop(struct gs *s)
+{
+    while (s->suspended) {
+        kiln_msg *m;
+        if (kiln_receive(is_system_or_parent_exit, s, -1, &m) != KILN_OK)
+            return KILN_CONTINUE;
+        kiln_term t = kiln_msg_term(m);
+        kiln_action a;
+        if (kiln_tuple_get(t, 0) == KILN_ATOM_EXIT)
+            a = do_stop(s, kiln_tuple_get(t, 2), KILN_NONE, KILN_NONE, NULL);
+        else
+            a = system_msg(s, kiln_tuple_get(t, 1), kiln_tuple_get(t, 2));
+        kiln_msg_free(m);
+        if (a == KILN_STOP)
+            return a;
+    }
+    return KILN_CONTINUE;
+}
+
+static kiln_action system_msg(struct gs *s, kiln_term from, kiln_term req)
+{
+    if (req == kiln_atom_c("get_state")) {
+        kiln_msg *m = kiln_msg_new(128);
+        if (m) {
+            kiln_msg_set_term(m, kiln_tuple(m, 2, KILN_ATOM_OK, state_term(s, m)));
+            kiln_reply(from, m);
+        }
+    } else if (req == kiln_atom_c("get_status")) {
+        reply_status(s, from);
+    } else if (req == kiln_atom_c("suspend")) {
+        reply_term(from, KILN_ATOM_OK);
+        if (!s->suspended) {
+            s->suspended = true;
+            return suspended_loop(s);
+        }
+    } else if (req == kiln_atom_c("resume")) {
+        s->suspended = false;
+        reply_term(from, KILN_ATOM_OK);
+    } else if (kiln_is_tuple(req) && kiln_tuple_arity(req) == 2 && kiln_tuple_get(req, 0) == kiln_atom_c("terminate")) {
+        /* sys:terminate, which gen_server:stop uses: no reply, the caller
+         * watches for the DOWN. */
+        return do_stop(s, kiln_tuple_get(req, 1), KILN_NONE, KILN_NONE, NULL);
+    } else {
+        kiln_msg *m = kiln_msg_new(64);
+        if (m) {
+            kiln_term why = kiln_tuple(m, 2, kiln_atom_c("unknown_system_msg"), kiln_term_copy(m, req));
+            kiln_msg_set_term(m, kiln_tuple(m, 2, KILN_ATOM_ERROR, why));
+            kiln_reply(from, m);
+        }
+    }
+    return KILN_CONTINUE;
+}
+
+/* ---- the loop ---- */
+
+static kiln_action gs_handle(void *state, kiln_msg *msg)
+{
+    struct gs *s = state;
+    if (s->dying)
+        return KILN_STOP; /* the reason was set with kiln_stop already */
+    kiln_term t = kiln_msg_term(msg);
+    size_t n = kiln_is_tuple(t) ? kiln_tuple_arity(t) : 0;
+
+    if (n == 2 && kiln_tuple_get(t, 0) == atom_timeout_tag) {
+        int64_t gen = 0;
+        if (kiln_get_int64(kiln_tuple_get(t, 1), &gen) != KILN_OK || !s->timer || (uint64_t)gen != s->timer_gen)
+            return KILN_CONTINUE; /* stale: a message came first */
+        s->timer = 0;
+        if (!s->cb->handle_info)
+            return KILN_CONTINUE;
+        kiln_msg_set_term(msg, atom_timeout);
+        return act(s, s->cb->handle_info(s->state, msg), KILN_NONE);
+    }
+    cancel_timeout(s);
+
+    kiln_term from, req;
+    if (kiln_match_call(t, &from, &req) == KILN_OK) {
+        if (!s->cb->handle_call) {
+            kiln_msg *m = kiln_msg_new(64);
+            kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c("bad_call"), kiln_term_copy(m, req)) : KILN_NONE;
+            kiln_action a = do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_call") : why, KILN_NONE, KILN_NONE, NULL);
+            kiln_msg_free(m);
+            return a;
+        }
+        return act(s, s->cb->handle_call(s->state, req, from), from);
+    }
+    if (n == 2 && kiln_tuple_get(t, 0) == KILN_ATOM_GEN_CAST) {
+        if (!s->cb->handle_cast)
+            return KILN_CONTINUE;
+        return act(s, s->cb->handle_cast(s->state, kiln_tuple_get(t, 1)), KILN_NONE);
+    }
+    if (n == 3 && kiln_tuple_get(t, 0) == atom_system) {
+        kiln_term f = kiln_tuple_get(t, 1);
+        if (kiln_is_tuple(f) && kiln_tuple_arity(f) == 2) {
+            kiln_action a = system_msg(s, f, kiln_tuple_get(t, 2));
+            /* A system message keeps the pending Timeout, as OTP's loop does. */
+            if (a == KILN_CONTINUE)
+                arm_timeout(s, s->last_timeout);
+            return a;
+        }
+    }
+    if (n == 3 && kiln_tuple_get(t, 0) == KILN_ATOM_EXIT && s->parent != s->self &&
+        kiln_term_eq(kiln_tuple_get(t, 1), s->parent))
+        return do_stop(s, kiln_tuple_get(t, 2), KILN_NONE, KILN_NONE, NULL);
+    if (!s->cb->handle_info)
+        return KILN_CONTINUE;
+    return act(s, s->cb->handle_info(s->state, msg), KILN_NONE);
+}
+
+/* ---- init ---- */
+
+/* End the process from init with the reason already given to kiln_stop:
+ * a behaviour exits only after a handled message, so send one. */
+static void die_soon(struct gs *s)
+{
+    s->dying = true;
+    kiln_msg *m = kiln_msg_new(0);
+    if (m) {
+        kiln_msg_set_term(m, atom_wake);
+        kiln_send(s->self, m);
+    }
+}
+
+static int gs_init(void *arg, void **state)
+{
+    struct kiln_otp_starting *st = arg;
+    atoms();
+    struct gs *s = calloc(1, sizeof(*s));
+    if (!s)
+        return KILN_ENOMEM; /* the starter sees the DOWN */
+    /* Set now: if the process is killed while the user's init blocks, the
+     * runtime's terminate still gets s and frees it. */
+    *state = s;
+    s->cb = st->impl;
+    s->self = kiln_self();
+    s->parent = kiln_is_none(st->parent) ? s->self : st->parent;
+    s->last_timeout = -1;
+
+    kiln_gs_ret r = s->cb->init(st->arg, &s->state);
+    kiln_msg *tmp = kiln_msg_new(64);
+    if (!tmp) {
+        kiln_msg_free(r.reply_msg);
+        kiln_msg_free(r.hold);
+        return KILN_ENOMEM;
+    }
+    kiln_term reason = KILN_NONE;
+    switch (r.action) {
+    case KILN_GS_NOREPLY:
+        s->init_done = true;
+        kiln_otp_ack(st, kiln_tuple(tmp, 2, KILN_ATOM_OK, s->self));
+        kiln_msg_free(tmp);
+        if (act(s, r, KILN_NONE) == KILN_STOP)
+            die_soon(s);
+        return KILN_OK;
+    case KILN_GS_IGNORE:
+        kiln_otp_ack(st, kiln_atom_c("ignore"));
+        reason = KILN_ATOM_NORMAL;
+        break;
+    case KILN_GS_STOP:
+        reason = r.reason;
+        kiln_otp_ack(st, kiln_tuple(tmp, 2, KILN_ATOM_ERROR, reason));
+        break;
+    default:
+        reason = kiln_tuple(tmp, 2, kiln_atom_c("bad_return_value"), kiln_small((int64_t)r.action));
+        kiln_otp_ack(st, kiln_tuple(tmp, 2, KILN_ATOM_ERROR, reason));
+        break;
+    }
+    kiln_msg_free(r.reply_msg);
+    kiln_stop(reason);
+    kiln_msg_free(tmp);
+    kiln_msg_free(r.hold);
+    die_soon(s);
+    return KILN_OK;
+}
+
+static const kiln_behaviour gs_beh = {"gen_server", gs_init, gs_handle, gs_terminate};
+
+/* ---- public API ---- */
+
+int kiln_gs_start_link(const kiln_gen_server *gs, void *arg, const kiln_gs_opts *opts, kiln_term *pid,
+                       kiln_msg **reason)
+{
+    if (!gs || !gs->init)
+        return KILN_EINVAL;
+    return kiln_otp_start(kiln_current_rt(), &gs_beh, gs, arg, opts, true, pid, reason);
+}
+
+struct start_job {
+    kiln_rt *rt;
+    const kiln_gen_server *gs;
+    void *arg;
+    const kiln_gs_opts *opts;
+    kiln_term pid;
+    kiln_msg *reason;
+};
+
+static int start_job_run(void *a)
+{
+    struct start_job *j = a;
+    return kiln_otp_start(j->rt, &gs_beh, j->gs, j->arg, j->opts, false, &j->pid, &j->reason);
+}
+
+int kiln_gs_start(kiln_rt *rt, const kiln_gen_server *gs, void *arg, const kiln_gs_opts *opts, kiln_term *pid,
+                  kiln_msg **reason)
+{
+    if (reason)
+        *reason = NULL;
+    if (!gs || !gs->init)
+        return KILN_EINVAL;
+    if (!rt)
+        rt = kiln_current_rt();
+    struct start_job j = {rt, gs, arg, opts, KILN_NONE, NULL};
+    int rc = kiln_otp_run(rt, start_job_run, &j);
+    if (pid)
+        *pid = j.pid;
+    if (reason)
+        *reason = j.reason;
+    else
+        kiln_msg_free(j.reason);
+    return rc;
+}
+
+struct call_job {
+    kiln_term server;
+    kiln_msg *request;
+    int64_t timeout_ms;
+    kiln_msg *reply, *reason;
+};
+
+static int call_job_run(void *a)
+{
+    struct call_job *j = a;
+    kiln_msg *req = j->request;
+    j->request = NULL; /* consumed by kiln_call whatever happens */
+    return kiln_call(j->server, req, j->timeout_ms, &j->reply, &j->reason);
+}
+
+int kiln_gs_call(kiln_rt *rt, kiln_term server, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply,
+                 kiln_msg **reason)
+{
+    if (reason)
+        *reason = NULL;
+    if (!reply) {
+        kiln_msg_free(request);
+        return KILN_EINVAL;
+    }
+    *reply = NULL;
+    struct call_job j = {server, request, timeout_ms, NULL, NULL};
+    int rc = kiln_otp_run(rt, call_job_run, &j);
+    kiln_msg_free(j.request); /* the job never ran */
+    *reply = j.reply;
+    if (reason)
+        *reason = j.reason;
+    else
+        kiln_msg_free(j.reason);
+    return rc;
+}
+
+int kiln_gs_cast(kiln_rt *rt, kiln_term server, kiln_msg *msg)
+{
+    if (!msg)
+        return KILN_EINVAL;
+    kiln_term t = kiln_tuple(msg, 2, KILN_ATOM_GEN_CAST, kiln_msg_term(msg));
+    if (kiln_is_none(t)) {
+        kiln_msg_free(msg);
+        return KILN_ENOMEM;
+    }
+    kiln_msg_set_term(msg, t);
+    int rc = kiln_current_rt() && (!rt || rt == kiln_current_rt()) ? kiln_send(server, msg)
+                                                                     : kiln_rt_send(rt, server, msg);
+    /* gen_server:cast never fails on a missing server. */
+    return rc == KILN_EBADARG || rc == KILN_ENOPROC ? KILN_OK : rc;
+}
+
+struct stop_job {
+    kiln_term server, reason;
+    int64_t timeout_ms;
+};
+
+static int stop_job_run(void *a)
+{
+    struct stop_job *j = a;
+    kiln_msg *req = kiln_msg_new(64), *why = NULL;
+    if (!req)
+        return KILN_ENOMEM;
+    kiln_term t = kiln_tuple(req, 2, kiln_atom_c("terminate"), kiln_term_copy(req, j->reason));
+    int rc = kiln_otp_sys_call(j->server, t, j->timeout_ms, NULL, &why);
+    if (rc == KILN_EEXIT && why && kiln_term_eq(kiln_msg_term(why), j->reason))
+        rc = KILN_OK;
+    else if (rc == KILN_OK)
+        rc = KILN_EBADARG; /* it answered: not a gen_server */
+    kiln_msg_free(why);
+    kiln_msg_free(req);
+    return rc;
+}
+
+int kiln_gs_stop_server(kiln_rt *rt, kiln_term server, kiln_term reason, int64_t timeout_ms)
+{
+    struct stop_job j = {server, reason, timeout_ms};
+    return kiln_otp_run(rt, stop_job_run, &j);
+}
+
+int kiln_gen_reply(kiln_term from, kiln_term reply)
+{
+    kiln_msg *m = kiln_msg_new(64);
+    if (!m)
+        return KILN_ENOMEM;
+    kiln_term t = kiln_term_copy(m, reply);
+    if (kiln_is_none(t)) {
+        kiln_msg_free(m);
+        return KILN_ENOMEM;
+    }
+    kiln_msg_set_term(m, t);
+    return kiln_reply(from, m);
+}
+
+kiln_msg *kiln_gs_from_keep(kiln_term from)
+{
+    kiln_msg *m = kiln_msg_new(64);
+    if (!m)
+        return NULL;
+    kiln_term t = kiln_term_copy(m, from);
+    if (kiln_is_none(t)) {
+        kiln_msg_free(m);
+        return NULL;
+    }
+    kiln_msg_set_term(m, t);
+    return m;
+}
