@@ -212,18 +212,25 @@ static _Noreturn void exit_with_atom(struct kiln_proc *p, kiln_term atom)
 enum kiln_verdict kiln_proc_run_batch(struct kiln_proc *p)
 {
     if (!(p->flags & KILN_PF_STARTED)) {
-        p->flags |= KILN_PF_STARTED;
         if (p->beh->init) {
             int rc = p->beh->init(p->init_arg, &p->state);
             if (rc != KILN_OK) {
+                /* A failed init gets no terminate. */
+                p->state = NULL;
                 kiln_msg *r = kiln_msg_new_words(8);
                 if (r)
                     r->root = kiln_tuple(r, 2, kiln_atom_c("init_failed"), kiln_small(rc));
-                p->flags &= ~KILN_PF_STARTED; /* terminate is not called after a failed init */
                 kiln_proc_exit(p, r);
             }
         } else {
             p->state = p->init_arg;
+        }
+        p->flags |= KILN_PF_STARTED;
+        if (p->flags & KILN_PF_STOP) {
+            /* init called kiln_stop (OTP's {stop, Reason}): end now. */
+            kiln_msg *r = p->exit_reason;
+            p->exit_reason = NULL;
+            kiln_proc_exit(p, r ? r : reason_msg_atom(KILN_ATOM_NORMAL));
         }
     }
     unsigned budget = p->rt->cfg.batch_budget;
@@ -282,7 +289,10 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
         kiln_msg_free(p->current);
         p->current = NULL;
     }
-    if (p->beh && p->beh->terminate && (p->flags & KILN_PF_STARTED))
+    /* A process killed while its init blocks gets terminate only if init
+     * had already set its state: the user decides when a state is whole
+     * enough to be freed. */
+    if (p->beh && p->beh->terminate && ((p->flags & KILN_PF_STARTED) || p->state))
         p->beh->terminate(p->state, reason);
 
     kiln_proc_lock(p);

@@ -298,8 +298,19 @@ static bool alias_active(struct kiln_proc *p, uint64_t n, bool consume)
     return false;
 }
 
-static _Noreturn void die(struct kiln_proc *p, kiln_msg *m, kiln_term reason)
+static bool exiting(struct kiln_proc *p)
 {
+    return (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_EXITING) != 0;
+}
+
+/* Ends the process, unless it is ending already: a terminate callback that
+ * blocks can meet exit signals, and the first reason stands. */
+static kiln_msg *die(struct kiln_proc *p, kiln_msg *m, kiln_term reason)
+{
+    if (exiting(p)) {
+        kiln_msg_free(m);
+        return NULL;
+    }
     m->root = reason;
     kiln_proc_exit(p, m);
 }
@@ -364,7 +375,7 @@ static void nodedown(struct kiln_proc *p, kiln_term node)
         links = e->links.items;
         if (!x)
             continue;
-        if (!trapping) {
+        if (!trapping && !exiting(p)) {
             x->root = KILN_ATOM_NOCONNECTION;
             kiln_proc_exit(p, x);
         }
@@ -415,22 +426,22 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
             kiln_msg_free(m);
             return NULL;
         }
-        die(p, m, m->root);
+        return die(p, m, m->root);
     case KILN_MK_EXIT2:
         if (m->root == KILN_ATOM_KILL)
-            die(p, m, KILN_ATOM_KILLED);
+            return die(p, m, KILN_ATOM_KILLED);
         if (trapping)
             return as_exit_message(p, m);
         if (m->root == KILN_ATOM_NORMAL) {
             /* exit(self(), normal) does end the caller. */
             if (m->from == p->pid)
-                die(p, m, KILN_ATOM_NORMAL);
+                return die(p, m, KILN_ATOM_NORMAL);
             kiln_msg_free(m);
             return NULL;
         }
-        die(p, m, m->root);
+        return die(p, m, m->root);
     case KILN_MK_STOP:
-        die(p, m, m->root);
+        return die(p, m, m->root);
     case KILN_MK_LINK:
         if (!kiln_link_add(p, m->from))
             kiln_send_signal(rt, m->from, kiln_exit_signal_new(KILN_MK_EXIT, p->pid, kiln_atom_c("system_limit")));

@@ -32,7 +32,9 @@ typedef enum kiln_action { KILN_CONTINUE = 0, KILN_STOP = 1 } kiln_action;
 typedef struct kiln_behaviour {
     const char *name; /* for reports */
     /* Runs in the new process. Return KILN_OK (and set *state), or an error
-     * code: the process then exits with reason {init_failed, Code}. */
+     * code: the process then exits with reason {init_failed, Code}. To end
+     * with a reason of your own, call kiln_stop(Reason) and return KILN_OK:
+     * the process ends as soon as init returns (terminate is called). */
     int (*init)(void *arg, void **state);
     /* Handles one message (user messages and, when trapping exits,
      * {'EXIT', From, Reason}, and {'DOWN', Ref, process, Pid, Reason}).
@@ -41,7 +43,10 @@ typedef struct kiln_behaviour {
     kiln_action (*handle)(void *state, kiln_msg *msg);
     /* Called whenever the process ends after a successful init, for any
      * reason (KILN_STOP, an exit signal, kill, runtime shutdown), so C state
-     * can always be freed; reason is the exit reason. May be NULL. */
+     * can always be freed; reason is the exit reason. Also when it is
+     * killed while init blocks, if init had set *state by then. It may
+     * block; exit signals that arrive meanwhile are ignored (the first
+     * reason stands). May be NULL. */
     void (*terminate)(void *state, kiln_term reason);
 } kiln_behaviour;
 

@@ -454,6 +454,105 @@ static void test_bounded_drop_newest_and_oldest(void **state)
     }
 }
 
+/* ---- init and terminate edge cases ---- */
+
+struct life {
+    _Atomic int terminated;
+    _Atomic int in_init;
+    kiln_term reason;
+    int mode; /* 0: stop in init; 1/3: block in init before/after setting
+               * the state; 2: block in terminate */
+};
+
+static int life_init(void *arg, void **state)
+{
+    struct life *l = arg;
+    if (l->mode == 1) {
+        /* Killed while here, before there is a state: no terminate. */
+        atomic_store(&l->in_init, 1);
+        kiln_sleep(3600 * 1000);
+    }
+    *state = l;
+    if (l->mode == 0) {
+        kiln_stop(kiln_atom_c("init_says_no"));
+    } else if (l->mode == 3) {
+        /* Killed while here, with a state set: terminate frees it. */
+        atomic_store(&l->in_init, 1);
+        kiln_sleep(3600 * 1000);
+    }
+    return KILN_OK;
+}
+
+static kiln_action life_handle(void *state, kiln_msg *m)
+{
+    (void)state;
+    (void)m;
+    return kiln_stop(kiln_atom_c("first"));
+}
+
+static void life_terminate(void *state, kiln_term reason)
+{
+    struct life *l = state;
+    l->reason = reason;
+    if (l->mode == 2) {
+        atomic_store(&l->in_init, 1); /* reused: "terminate is running" */
+        kiln_sleep(100); /* exit signals arrive meanwhile */
+    }
+    atomic_store(&l->terminated, 1);
+}
+
+static const kiln_behaviour life_beh = {"life", life_init, life_handle, life_terminate};
+
+static void test_init_stop_killed_init_and_blocking_terminate(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    /* kiln_stop in init ends the process with that reason, terminate runs. */
+    struct life *a = calloc(1, sizeof(*a));
+    a->mode = 0;
+    kiln_term pa;
+    assert_int_equal(kiln_spawn(rt, &life_beh, a, NULL, &pa), KILN_OK);
+    assert_true(kiln_test_wait_flag(&a->terminated, 5000));
+    assert_int_equal(a->reason, kiln_atom_c("init_says_no"));
+    /* Killed while init blocks: no terminate on a half-made state. */
+    struct life *b = calloc(1, sizeof(*b));
+    b->mode = 1;
+    kiln_term pb;
+    assert_int_equal(kiln_spawn(rt, &life_beh, b, NULL, &pb), KILN_OK);
+    assert_true(kiln_test_wait_flag(&b->in_init, 5000));
+    kiln_rt_exit(rt, pb, KILN_ATOM_KILL);
+    for (int i = 0; i < 5000 && kiln_is_alive(rt, pb); i++)
+        usleep(1000);
+    assert_false(kiln_is_alive(rt, pb));
+    assert_int_equal(atomic_load(&b->terminated), 0);
+    struct life *d = calloc(1, sizeof(*d));
+    d->mode = 3;
+    kiln_term pd;
+    assert_int_equal(kiln_spawn(rt, &life_beh, d, NULL, &pd), KILN_OK);
+    assert_true(kiln_test_wait_flag(&d->in_init, 5000));
+    kiln_rt_exit(rt, pd, KILN_ATOM_KILL);
+    assert_true(kiln_test_wait_flag(&d->terminated, 5000));
+    assert_int_equal(d->reason, KILN_ATOM_KILLED);
+    free(d);
+    /* A terminate that blocks while exit signals arrive: the first reason
+     * stands and the process ends once. */
+    struct life *c = calloc(1, sizeof(*c));
+    c->mode = 2;
+    kiln_term pc;
+    assert_int_equal(kiln_spawn(rt, &life_beh, c, NULL, &pc), KILN_OK);
+    kiln_rt_send(rt, pc, kiln_test_msg("go"));
+    assert_true(kiln_test_wait_flag(&c->in_init, 5000));
+    kiln_rt_exit(rt, pc, kiln_atom_c("second"));
+    kiln_rt_exit(rt, pc, KILN_ATOM_KILL);
+    assert_true(kiln_test_wait_flag(&c->terminated, 5000));
+    assert_int_equal(c->reason, kiln_atom_c("first"));
+    assert_int_equal(kiln_rt_wait_idle(rt, 5000), KILN_OK);
+    kiln_rt_stop(rt);
+    free(a);
+    free(b);
+    free(c);
+}
+
 /* ---- pids ---- */
 
 static kiln_action quit_handle(void *state, kiln_msg *m)
@@ -528,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
         cmocka_unit_test(test_bounded_mailbox_policies),
         cmocka_unit_test(test_bounded_drop_newest_and_oldest),
+        cmocka_unit_test(test_init_stop_killed_init_and_blocking_terminate),
         cmocka_unit_test(test_dead_pid_never_matches_new_process),
         cmocka_unit_test(test_process_table_limit),
         cmocka_unit_test(test_outside_process_calls_fail_cleanly),
