@@ -25,6 +25,11 @@ __attribute__((noinline)) static unsigned recurse(unsigned n)
 static void overflow_body(void *arg)
 {
     (void)arg;
+    /* Wait until main has printed our pid: the overflow would otherwise
+     * abort the child before the line the parent looks for is out. */
+    kiln_msg *go;
+    if (kiln_receive(kiln_test_any, NULL, 10000, &go) == KILN_OK)
+        kiln_msg_free(go);
     depth_sink = recurse(0);
 }
 
@@ -48,6 +53,8 @@ static void test_overflow_is_reported_with_pid(void **state)
         kiln_term pid;
         kiln_spawn_fn(rt, overflow_body, NULL, NULL, &pid);
         fprintf(stderr, "spawned <0.%u.%u>\n", kiln_local_pid_id(pid), kiln_local_pid_serial(pid));
+        fflush(stderr);
+        kiln_rt_send(rt, pid, kiln_msg_new(0));
         kiln_rt_wait_idle(rt, 10000);
         _exit(0); /* not reached if the overflow is caught */
     }
