@@ -160,19 +160,14 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
         kiln_msg_free(s);
         break;
     }
-    case DOP_SPAWN_REQUEST: {
+    case DOP_SPAWN_REQUEST:
         NEED(6, true);
-        /* Spawning Erlang functions is not served yet: refuse cleanly so
-         * rpc:call returns {badrpc, notsup} instead of waiting. */
-        kiln_msg *s = kiln_msg_new(64);
-        kiln_term rep = s ? kiln_tuple(s, 5, kiln_small(DOP_SPAWN_REPLY), el(t, 1), el(t, 2), kiln_small(0),
-                                       kiln_atom_c("notsup"))
-                          : KILN_NONE;
-        if (!kiln_is_none(rep))
-            reply_frame(n, c, rep);
-        kiln_msg_free(s);
+        rc = kiln_rpc_spawn_request(n, c, t, msg);
         break;
-    }
+    case DOP_SPAWN_REPLY:
+        NEED(5, false);
+        kiln_rpc_spawn_reply(n, t);
+        break;
     case DOP_GROUP_LEADER:
         break; /* Kiln processes have no group leaders */
     default:

@@ -155,6 +155,8 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     n->ticktime = cfg->net_ticktime ? cfg->net_ticktime : 60;
     n->epmd_port = cfg->epmd_port ? cfg->epmd_port : default_epmd_port();
     atomic_store(&n->unlink_ids, 1);
+    if ((rc = kiln_rpc_init(n)) != KILN_OK)
+        goto fail;
 
     rc = kiln_tcp_listen(rt, NULL, cfg->port, 128, &n->lfd, &n->port);
     if (rc != KILN_OK)
@@ -264,6 +266,7 @@ int kiln_node_stop(kiln_node *n)
         kiln_free(c->waiters);
         kiln_free(c);
     }
+    kiln_rpc_fini(n);
     pthread_mutex_destroy(&n->lock);
     pthread_mutex_destroy(&n->epmd_lock);
     kiln_free(n);

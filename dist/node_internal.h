@@ -74,6 +74,7 @@ struct kiln_node {
     size_t nepmd_clients;
 
     _Atomic uint64_t unlink_ids;
+    struct rpc_registry *rpc;       /* C functions Erlang may call (rpc.c) */
 };
 
 /* ---- node.c ---- */
@@ -112,6 +113,14 @@ kiln_msg *kiln_frame_new(kiln_node *n, kiln_term ctrl, kiln_term msg);
 /* Handle one non-tick frame payload from c. KILN_OK, or an error that
  * closes the connection (malformed). */
 int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len);
+
+/* ---- rpc.c ---- */
+int kiln_rpc_init(kiln_node *n);
+void kiln_rpc_fini(kiln_node *n);
+/* SPAWN_REQUEST {29, ReqId, From, GL, {M,F,A}, Opts} + Args from c. */
+int kiln_rpc_spawn_request(kiln_node *n, struct kiln_conn *c, kiln_term ctrl, kiln_term args);
+/* SPAWN_REPLY {31, ReqId, To, Flags, Result}: to the requesting process. */
+int kiln_rpc_spawn_reply(kiln_node *n, kiln_term ctrl);
 
 /* ---- epmd_client.c ---- */
 /* Register name with the EPMD on epmd_port (holding the socket in a

@@ -59,6 +59,27 @@ int kiln_node_connect(kiln_term node, int64_t timeout_ms);
 /* nodes(): the connected nodes' atoms, up to cap; returns how many there are. */
 size_t kiln_node_list(kiln_node *n, kiln_term *out, size_t cap);
 
+/* ---- rpc ----
+ *
+ * A C function that Erlang can call as Mod:Fun(Args...) with rpc:call,
+ * erpc:call, erpc:cast or spawn(Node, Mod, Fun, Args). It runs in a new
+ * Kiln process. args is the argument list (a proper list). Return KILN_OK
+ * with *result (a message whose root is the return value; NULL means
+ * `ok`), or an error code: the caller then sees an error exception with
+ * reason {kiln_error, Code}. */
+typedef int (*kiln_rpc_fn)(kiln_term args, kiln_msg **result, void *arg);
+
+/* Make Mod:Fun/Arity callable from other nodes. */
+int kiln_node_register_rpc(kiln_node *n, const char *module, const char *function, unsigned arity, kiln_rpc_fn fn,
+                           void *arg);
+
+/* erpc:call(Node, Mod, Fun, Args, Timeout) from a process: KILN_OK with
+ * *result (root = the value); KILN_EEXIT when the call raised (root of
+ * *result = {Class, Reason}); KILN_ENOPROC/KILN_EREFUSED when the node
+ * cannot be reached or refuses; KILN_ETIMEOUT. args: a proper list. */
+int kiln_erpc_call(kiln_term node, const char *module, const char *function, kiln_term args, int64_t timeout_ms,
+                   kiln_msg **result);
+
 #ifdef __cplusplus
 }
 #endif

@@ -403,14 +403,98 @@ static void test_kiln_calls_erlang_gen_server(void **state)
     free(c);
 }
 
-static void test_rpc_not_served_yet(void **state)
+static int rpc_add(kiln_term args, kiln_msg **result, void *arg)
+{
+    (void)arg;
+    int64_t a, b;
+    if (kiln_match(args, "[~i,~i]", &a, &b) != KILN_OK)
+        return KILN_EBADARG;
+    *result = kiln_msg_new(32);
+    kiln_msg_set_term(*result, kiln_int(*result, a + b));
+    return KILN_OK;
+}
+
+static _Atomic int g_casts;
+static int rpc_note(kiln_term args, kiln_msg **result, void *arg)
+{
+    (void)args;
+    (void)arg;
+    (void)result;
+    atomic_fetch_add(&g_casts, 1);
+    return KILN_OK;
+}
+
+struct erpc_res {
+    char node[128];
+    int rc_node, rc_sum, rc_error, rc_nonode;
+    char v_node[128], v_sum[64], v_error[128];
+    _Atomic int done;
+};
+
+static void kiln_erpcs(void *arg)
+{
+    struct erpc_res *r = arg;
+    kiln_term node = kiln_atom_c(r->node);
+    kiln_msg *res = NULL, *a = kiln_msg_new(64);
+    r->rc_node = kiln_erpc_call(node, "erlang", "node", KILN_NIL, 5000, &res);
+    if (res) {
+        kiln_term_print(r->v_node, sizeof r->v_node, kiln_msg_term(res));
+        kiln_msg_free(res);
+        res = NULL;
+    }
+    r->rc_sum = kiln_erpc_call(node, "lists", "sum", kiln_build(a, "[[1,2,3]]"), 5000, &res);
+    if (res) {
+        kiln_term_print(r->v_sum, sizeof r->v_sum, kiln_msg_term(res));
+        kiln_msg_free(res);
+        res = NULL;
+    }
+    r->rc_error = kiln_erpc_call(node, "erlang", "error", kiln_build(a, "[foo]"), 5000, &res);
+    if (res) {
+        kiln_term_print(r->v_error, sizeof r->v_error, kiln_msg_term(res));
+        kiln_msg_free(res);
+        res = NULL;
+    }
+    r->rc_nonode = kiln_erpc_call(kiln_atom_c("nobody@nowhere"), "erlang", "node", KILN_NIL, 3000, &res);
+    kiln_msg_free(res);
+    kiln_msg_free(a);
+    atomic_store(&r->done, 1);
+}
+
+static void test_rpc_both_ways(void **state)
 {
     (void)state;
     start_node(false);
+    assert_int_equal(kiln_node_register_rpc(g_node, "kiln", "add", 2, rpc_add, NULL), KILN_OK);
+    assert_int_equal(kiln_node_register_rpc(g_node, "kiln", "note", 0, rpc_note, NULL), KILN_OK);
     struct erl_node *e = erl_with_t("trpc");
-    char expr[1024];
-    snprintf(expr, sizeof expr, "rpc:call('%s', erlang, node, [], 2000).", g_kiln);
-    eval_expect(e, expr, "{badrpc,notsup}");
+    char expr[512];
+    snprintf(expr, sizeof expr, "rpc:call('%s', kiln, add, [2, 40], 2000).", g_kiln);
+    eval_expect(e, expr, "42");
+    snprintf(expr, sizeof expr, "erpc:call('%s', kiln, add, [1, 2]).", g_kiln);
+    eval_expect(e, expr, "3");
+    snprintf(expr, sizeof expr, "rpc:call('%s', kiln, nosuch, [1], 2000).", g_kiln);
+    eval_expect(e, expr, "{badrpc,{'EXIT',{undef,[{kiln,nosuch,[1],[]}]}}}");
+    snprintf(expr, sizeof expr, "rpc:call('%s', kiln, add, [a, b], 2000).", g_kiln);
+    eval_expect(e, expr, "{badrpc,{'EXIT',{{kiln_error,");
+    snprintf(expr, sizeof expr, "erpc:cast('%s', kiln, note, []), P = spawn('%s', kiln, note, []), is_pid(P).",
+             g_kiln, g_kiln);
+    eval_expect(e, expr, "true");
+    for (int i = 0; i < 300 && atomic_load(&g_casts) < 2; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&g_casts), 2);
+    /* And Kiln calls Erlang, with erpc's semantics. */
+    struct erpc_res *r = calloc(1, sizeof(*r));
+    snprintf(r->node, sizeof r->node, "%s", e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, kiln_erpcs, r, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&r->done, 20000));
+    assert_int_equal(r->rc_node, KILN_OK);
+    assert_string_equal(r->v_node, e->full);
+    assert_int_equal(r->rc_sum, KILN_OK);
+    assert_string_equal(r->v_sum, "6");
+    assert_int_equal(r->rc_error, KILN_EEXIT);
+    assert_string_equal(r->v_error, "{error,foo}");
+    assert_int_not_equal(r->rc_nonode, KILN_OK);
+    free(r);
 }
 
 int main(int argc, char **argv)
@@ -426,7 +510,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_links, node_teardown),
         cmocka_unit_test_teardown(test_kill_erl_gives_noconnection, node_teardown),
         cmocka_unit_test_teardown(test_wrong_cookie_pang, node_teardown),
-        cmocka_unit_test_teardown(test_rpc_not_served_yet, node_teardown),
+        cmocka_unit_test_teardown(test_rpc_both_ways, node_teardown),
         cmocka_unit_test_teardown(test_kiln_calls_erlang_gen_server, node_teardown),
     };
     if (argc > 1) {
