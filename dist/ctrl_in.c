@@ -5,13 +5,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dist/frame.h"
 #include "dist/node_internal.h"
 #include "runtime/dist_hooks.h"
 #include "runtime/rt.h"
 
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_UNLINK = 4, DOP_REG_SEND = 6, DOP_GROUP_LEADER = 7,
-    DOP_EXIT2 = 8, DOP_MONITOR_P = 19, DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_SEND_SENDER = 22,
+    DOP_EXIT2 = 8, DOP_SEND_TT = 12, DOP_EXIT_TT = 13, DOP_REG_SEND_TT = 16, DOP_EXIT2_TT = 18,
+    DOP_SEND_SENDER_TT = 23, DOP_PAYLOAD_EXIT_TT = 25, DOP_PAYLOAD_EXIT2_TT = 27, DOP_ALIAS_SEND_TT = 34,
+    DOP_MONITOR_P = 19, DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_SEND_SENDER = 22,
     DOP_PAYLOAD_EXIT = 24, DOP_PAYLOAD_EXIT2 = 26, DOP_PAYLOAD_MONITOR_P_EXIT = 28, DOP_SPAWN_REQUEST = 29,
     DOP_SPAWN_REPLY = 31, DOP_ALIAS_SEND = 33, DOP_UNLINK_ID = 35, DOP_UNLINK_ID_ACK = 36
 };
@@ -28,92 +31,57 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
 {
     kiln_rt *rt = n->rt;
     kiln_etf_decode_opts opts = {.ctx = &n->ctx};
-    size_t off, used;
-    kiln_msg *cm = NULL, *mm = NULL;
-    int rc;
-    if (p[0] == 'p') {
-        off = 1;
-        rc = kiln_etf_decode(p + off, len - off, &opts, &cm, &used);
-        if (rc != KILN_OK)
-            return rc;
-        off += used;
-        if (off < len) {
-            rc = kiln_etf_decode(p + off, len - off, &opts, &mm, &used);
-            if (rc != KILN_OK) {
-                kiln_msg_free(cm);
-                return rc;
-            }
-            off += used;
-        }
-    } else if (len >= 3 && p[0] == 131 && p[1] == 68 && p[2] == 0) {
-        /* A header with no atom-cache refs: bare terms follow. */
-        off = 3;
-        rc = kiln_etf_decode_bare(p + off, len - off, &opts, &cm, &used);
-        if (rc != KILN_OK)
-            return rc;
-        off += used;
-        if (off < len) {
-            rc = kiln_etf_decode_bare(p + off, len - off, &opts, &mm, &used);
-            if (rc != KILN_OK) {
-                kiln_msg_free(cm);
-                return rc;
-            }
-            off += used;
-        }
-    } else {
-        /* Atom-cache headers and fragments are never negotiated by Kiln. */
-        return KILN_EPROTO;
+    /* Near the table's limit, a peer gets only atoms that exist already
+     * (binary_to_term's [safe]): the table is shared by everyone. */
+    size_t before = kiln_atom_count();
+    opts.existing_atoms_only = c->new_atoms >= KILN_DIST_MAX_NEW_ATOMS;
+    kiln_frame f;
+    int rc = kiln_frame_parse(p, len, &opts, &f);
+    /* Counted from the table's size, so atoms others made meanwhile count
+     * against this peer too: the error is on the safe side. */
+    c->new_atoms += kiln_atom_count() - before;
+    if (rc == KILN_ENOTREG || (rc == KILN_OK && c->new_atoms > KILN_DIST_MAX_NEW_ATOMS)) {
+        fprintf(stderr, "kiln: %s created more than %u atoms; closing the connection\n", c->peer_text,
+                KILN_DIST_MAX_NEW_ATOMS);
+        if (rc == KILN_OK)
+            kiln_frame_free(&f);
+        return KILN_ESYSTEM_LIMIT;
     }
-    if (off != len) {
-        kiln_msg_free(cm);
-        kiln_msg_free(mm);
-        return KILN_ETRAILING;
-    }
+    if (rc != KILN_OK)
+        return rc;
+    kiln_msg *cm = f.ctrl, *mm = f.msg;
     kiln_term t = kiln_msg_term(cm);
-    int64_t op;
-    if (!kiln_is_tuple(t) || kiln_tuple_arity(t) < 1 || kiln_get_int64(el(t, 0), &op) != KILN_OK) {
-        kiln_msg_free(cm);
-        kiln_msg_free(mm);
-        return KILN_EPROTO;
-    }
-    size_t ar = kiln_tuple_arity(t);
+    int64_t op = f.op;
     kiln_term msg = mm ? kiln_msg_term(mm) : KILN_NONE;
-    rc = KILN_OK;
-#define NEED(a, withmsg)                                                                               \
-    do {                                                                                               \
-        if (ar != (a) || (withmsg) != (mm != NULL)) {                                                  \
-            rc = KILN_EPROTO;                                                                          \
-            goto done;                                                                                 \
-        }                                                                                              \
-    } while (0)
+    /* kiln_frame_parse checked each op's arity and payload already. The
+     * _TT variants carry a seq_trace token, which Kiln does not trace:
+     * they are handled as the plain ops. */
     switch (op) {
     case DOP_SEND:
     case DOP_SEND_SENDER:
-        NEED(3, true);
+    case DOP_SEND_TT:
+    case DOP_SEND_SENDER_TT:
+    case DOP_ALIAS_SEND_TT:
         /* Dead or unknown pids drop the message, as Erlang does. */
         kiln_rt_send(rt, el(t, 2), mm);
         mm = NULL;
         break;
     case DOP_REG_SEND:
-        NEED(4, true);
+    case DOP_REG_SEND_TT:
         kiln_rt_send(rt, el(t, 3), mm);
         mm = NULL;
         break;
     case DOP_ALIAS_SEND:
-        NEED(3, true);
         kiln_rt_send(rt, el(t, 2), mm);
         mm = NULL;
         break;
     case DOP_LINK:
-        NEED(3, false);
         kiln_dist_in_link(rt, el(t, 1), el(t, 2));
         break;
     case DOP_UNLINK:
-        NEED(3, false);
         kiln_dist_in_unlink(rt, el(t, 1), el(t, 2));
         break;
     case DOP_UNLINK_ID: {
-        NEED(4, false);
         kiln_dist_in_unlink(rt, el(t, 2), el(t, 3));
         /* Always acknowledged, before any other signal to the unlinker. */
         kiln_msg *s = kiln_msg_new(64);
@@ -124,30 +92,30 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
         break;
     }
     case DOP_UNLINK_ID_ACK:
-        NEED(4, false);
         break; /* our side dropped the link when it sent UNLINK_ID */
     case DOP_EXIT:
     case DOP_EXIT2:
-        NEED(4, false);
         kiln_dist_in_exit(rt, el(t, 1), el(t, 2), el(t, 3), op == DOP_EXIT2);
+        break;
+    case DOP_EXIT_TT:
+    case DOP_EXIT2_TT:
+        kiln_dist_in_exit(rt, el(t, 1), el(t, 2), el(t, 4), op == DOP_EXIT2_TT);
         break;
     case DOP_PAYLOAD_EXIT:
     case DOP_PAYLOAD_EXIT2:
-        NEED(3, true);
-        kiln_dist_in_exit(rt, el(t, 1), el(t, 2), msg, op == DOP_PAYLOAD_EXIT2);
+    case DOP_PAYLOAD_EXIT_TT:
+    case DOP_PAYLOAD_EXIT2_TT:
+        kiln_dist_in_exit(rt, el(t, 1), el(t, 2), msg, op == DOP_PAYLOAD_EXIT2 || op == DOP_PAYLOAD_EXIT2_TT);
         break;
     case DOP_MONITOR_P:
-        NEED(4, false);
         kiln_dist_in_monitor(rt, el(t, 1), el(t, 2), el(t, 3));
         break;
     case DOP_DEMONITOR_P:
-        NEED(4, false);
         kiln_dist_in_demonitor(rt, el(t, 1), el(t, 2), el(t, 3));
         break;
     case DOP_MONITOR_P_EXIT:
     case DOP_PAYLOAD_MONITOR_P_EXIT: {
         bool payload = op == DOP_PAYLOAD_MONITOR_P_EXIT;
-        NEED(payload ? 4 : 5, payload);
         kiln_term what = el(t, 1);
         kiln_msg *s = NULL;
         if (kiln_is_atom(what)) {
@@ -161,11 +129,9 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
         break;
     }
     case DOP_SPAWN_REQUEST:
-        NEED(6, true);
         rc = kiln_rpc_spawn_request(n, c, t, msg);
         break;
     case DOP_SPAWN_REPLY:
-        NEED(5, false);
         kiln_rpc_spawn_reply(n, t);
         break;
     case DOP_GROUP_LEADER:
@@ -174,8 +140,6 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
         fprintf(stderr, "kiln: %s sent unsupported control message %lld; ignored\n", c->peer_text, (long long)op);
         break;
     }
-#undef NEED
-done:
     kiln_msg_free(cm);
     kiln_msg_free(mm);
     return rc;

@@ -40,7 +40,13 @@ struct kiln_conn {
     size_t ninvolved, capinvolved;
     kiln_term *waiters;             /* processes in kiln_node_connect */
     size_t nwaiters, capwaiters;
+    size_t new_atoms;               /* atoms this peer's frames created (owner only) */
 };
+
+/* A peer may create at most this many atoms; more closes its connection.
+ * Atoms are never freed, so an endless stream of new ones would otherwise
+ * fill the table for every other connection too. */
+#define KILN_DIST_MAX_NEW_ATOMS 100000u
 
 struct kiln_node {
     kiln_rt *rt;

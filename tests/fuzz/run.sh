@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 secs="${1:-60}"
 CC=clang cmake -S . -B build-fuzz -DKILN_FUZZ=ON -DKILN_SANITIZE=address -DKILN_WERROR=ON \
   -DKILN_BUILD_PERF=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ_SECONDS="$secs" >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target fuzz_etf_decode fuzz_etf_seeds fuzz_handshake fuzz_handshake_seeds
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_etf_decode fuzz_etf_seeds fuzz_handshake fuzz_handshake_seeds fuzz_dist_frame fuzz_dist_frame_seeds
 ctest --test-dir build-fuzz -L fuzz --output-on-failure

@@ -2,6 +2,7 @@
  * on a private EPMD port and serves EPMD; erl -sname then registers with it
  * and talks to it as to any node. Each scenario is its own ctest test. */
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,9 @@
 #include "testutil.h"
 #include "erl_harness.h"
 #include "kiln/node.h"
+#include "dist/handshake.h"
+#include "dist/dist_flags.h"
+#include "kiln/etf.h"
 
 static kiln_rt *g_rt;
 static kiln_node *g_node;
@@ -497,6 +501,164 @@ static void test_rpc_both_ways(void **state)
     free(r);
 }
 
+/* ---- hostile peers ---- */
+
+/* Connect to port, send bytes, and report whether the node closed the
+ * connection (EOF or reset) within ms. */
+static bool closes_after(uint16_t port, const void *bytes, size_t len, int ms)
+{
+    int fd = connect_local(port);
+    if (fd < 0)
+        return false;
+    write_all(fd, bytes, len);
+    uint8_t buf[256];
+    long end = now_ms() + ms;
+    for (;;) {
+        ssize_t got = read_some(fd, buf, sizeof buf, (int)(end - now_ms()));
+        if (got <= 0) {
+            close(fd);
+            return got == 0 || now_ms() < end; /* EOF or reset before the deadline */
+        }
+        if (now_ms() >= end) {
+            close(fd);
+            return false;
+        }
+    }
+}
+
+/* A fake node that completes a real handshake with us (initiator), so
+ * that what it sends next reaches the frame parser. */
+static int handshaken_peer(const char *me)
+{
+    int fd = connect_local(kiln_node_port(g_node));
+    assert_true(fd >= 0);
+    kiln_hs_config cfg = {.role = KILN_HS_INITIATOR, .name = me, .creation = 77, .flags = KILN_DFLAGS_HIDDEN,
+                          .cookie = (const uint8_t *)COOKIE, .cookie_len = strlen(COOKIE), .peer = g_kiln};
+    int err;
+    kiln_hs *hs = kiln_hs_new(&cfg, &err);
+    assert_non_null(hs);
+    uint8_t buf[4096];
+    long end = now_ms() + 5000;
+    while (kiln_hs_get_state(hs) == KILN_HS_RUNNING && now_ms() < end) {
+        size_t olen;
+        const uint8_t *o = kiln_hs_output(hs, &olen);
+        if (olen) {
+            write_all(fd, o, olen);
+            kiln_hs_output_advance(hs, olen);
+        }
+        ssize_t got = read_some(fd, buf, sizeof buf, 1000);
+        if (got > 0) {
+            size_t used;
+            kiln_hs_feed(hs, buf, (size_t)got, &used);
+        }
+    }
+    size_t olen;
+    const uint8_t *o = kiln_hs_output(hs, &olen);
+    if (olen)
+        write_all(fd, o, olen);
+    assert_int_equal(kiln_hs_get_state(hs), KILN_HS_DONE);
+    kiln_hs_free(hs);
+    return fd;
+}
+
+static bool peer_closed(int fd, int ms)
+{
+    uint8_t buf[4096];
+    long end = now_ms() + ms;
+    while (now_ms() < end) {
+        ssize_t got = read_some(fd, buf, sizeof buf, (int)(end - now_ms()));
+        if (got <= 0)
+            return true; /* EOF or reset: closed; ticks (0,0,0,0) only keep it open */
+    }
+    return false;
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    start_node(false);
+    /* Garbage on the distribution port is refused at once; a truncated
+     * handshake when its step times out (net_setuptime, 7 s). */
+    static const uint8_t junk[] = {0, 5, 'X', 1, 2, 3, 4, 5, 6, 7};
+    long t0 = now_ms();
+    assert_true(closes_after(kiln_node_port(g_node), junk, sizeof junk, 10000));
+    assert_true(now_ms() - t0 < 2000);
+    static const uint8_t truncated[] = {0, 40, 'N', 0, 0, 0, 0};
+    assert_true(closes_after(kiln_node_port(g_node), truncated, sizeof truncated, 10000));
+    /* The EPMD port (which the node serves): an unknown request at once,
+     * an over-long one at once, a truncated one after its read timeout. */
+    static const uint8_t bad_req[] = {0, 3, 200, 1, 2};
+    t0 = now_ms();
+    assert_true(closes_after(g_epmd, bad_req, sizeof bad_req, 10000));
+    assert_true(now_ms() - t0 < 2000);
+    static const uint8_t huge_epmd[] = {0xFF, 0xFF, 120};
+    assert_true(closes_after(g_epmd, huge_epmd, sizeof huge_epmd, 10000));
+    static const uint8_t short_epmd[] = {0, 20, 120, 1};
+    assert_true(closes_after(g_epmd, short_epmd, sizeof short_epmd, 10000));
+    /* After a real handshake: a 4 GB length is refused, not allocated. */
+    char me[128];
+    snprintf(me, sizeof me, "fake1@%s", g_host);
+    int fd = handshaken_peer(me);
+    static const uint8_t huge[] = {0xFF, 0xFF, 0xFF, 0xF0, 'p'};
+    write_all(fd, huge, sizeof huge);
+    assert_true(peer_closed(fd, 10000));
+    close(fd);
+    /* An endless stream of new atoms: the connection is closed well before
+     * the atom table fills. */
+    snprintf(me, sizeof me, "fake2@%s", g_host);
+    fd = handshaken_peer(me);
+    kiln_etf_ctx ctx = {.node = kiln_atom_c(me), .creation = 77};
+    size_t before = kiln_atom_count();
+    bool closed = false;
+    for (int i = 0; i < 150000 && !closed; i++) {
+        /* {6, Pid, '', nobody} + {atom_i}: REG_SEND of a fresh atom each time. */
+        uint8_t frame[128];
+        char name[32];
+        int nl = snprintf(name, sizeof name, "a%dz", i);
+        size_t k = 4;
+        frame[k++] = 'p';
+        static const uint8_t ctrl[] = {131, 104, 4, 97, 6};
+        memcpy(frame + k, ctrl, sizeof ctrl);
+        k += sizeof ctrl;
+        /* the sender pid: NEW_PID_EXT on node fake2 */
+        frame[k++] = 88;
+        frame[k++] = 119;
+        frame[k++] = (uint8_t)strlen(me);
+        memcpy(frame + k, me, strlen(me));
+        k += strlen(me);
+        static const uint8_t pidrest[] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 77};
+        memcpy(frame + k, pidrest, sizeof pidrest);
+        k += sizeof pidrest;
+        static const uint8_t tail[] = {119, 0, 119, 6, 'n', 'o', 'b', 'o', 'd', 'y'};
+        memcpy(frame + k, tail, sizeof tail);
+        k += sizeof tail;
+        frame[k++] = 131;
+        frame[k++] = 119;
+        frame[k++] = (uint8_t)nl;
+        memcpy(frame + k, name, (size_t)nl);
+        k += (size_t)nl;
+        uint32_t len = (uint32_t)(k - 4);
+        frame[0] = (uint8_t)(len >> 24);
+        frame[1] = (uint8_t)(len >> 16);
+        frame[2] = (uint8_t)(len >> 8);
+        frame[3] = (uint8_t)len;
+        if (send(fd, frame, k, MSG_NOSIGNAL) < 0)
+            closed = true;
+        if (i % 10000 == 9999)
+            closed = closed || peer_closed(fd, 1);
+    }
+    closed = closed || peer_closed(fd, 10000);
+    assert_true(closed);
+    assert_true(kiln_atom_count() - before < 110000 + 10000);
+    close(fd);
+    (void)ctx;
+    /* And the node still serves a real peer. */
+    struct erl_node *e = erl_with_t("tbad");
+    char expr[256];
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e, expr, "pong");
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -512,6 +674,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_wrong_cookie_pang, node_teardown),
         cmocka_unit_test_teardown(test_rpc_both_ways, node_teardown),
         cmocka_unit_test_teardown(test_kiln_calls_erlang_gen_server, node_teardown),
+        cmocka_unit_test_teardown(test_bad_input, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];

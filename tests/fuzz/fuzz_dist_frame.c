@@ -1,0 +1,104 @@
+/* libFuzzer target: a distribution frame's payload, as a peer would send
+ * it after the handshake (dist/frame.c). Whatever parses must be a known
+ * control message of the right shape; nothing may crash, leak or read out
+ * of bounds. With FUZZ_FRAME_SEEDS=dir set, writes seed frames (real
+ * encodings of every control message) there instead and exits. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist/frame.h"
+#include "kiln/kiln.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+static kiln_etf_ctx ctx;
+
+static void write_seed(const char *dir, int k, kiln_term ctrl, kiln_term msg, bool header)
+{
+    kiln_etf_enc_opts o = {.ctx = &ctx, .minor_version = 2};
+    kiln_etf_enc *e = kiln_etf_enc_new(&o);
+    static const uint8_t pass[1] = {'p'}, hdr[3] = {131, 68, 0};
+    kiln_etf_enc_raw(e, header ? hdr : pass, header ? 3 : 1);
+    if (header) {
+        kiln_etf_enc_term(e, ctrl);
+        if (!kiln_is_none(msg))
+            kiln_etf_enc_term(e, msg);
+    } else {
+        kiln_etf_enc_whole(e, ctrl);
+        if (!kiln_is_none(msg))
+            kiln_etf_enc_whole(e, msg);
+    }
+    size_t n = kiln_etf_enc_size(e);
+    uint8_t *buf = malloc(n);
+    kiln_etf_enc_copy(e, buf);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/seed-%02d", dir, k);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(buf, 1, n, f);
+        fclose(f);
+    }
+    free(buf);
+    kiln_etf_enc_free(e);
+}
+
+static void seeds(const char *dir)
+{
+    kiln_msg *m = kiln_msg_new(4096);
+    kiln_term peer = kiln_atom_c("peer@host");
+    kiln_term pid = kiln_ext_pid(m, peer, 7, 0, 5), me = kiln_local_pid(3, 0);
+    uint32_t w[3] = {1, 2, 3};
+    kiln_term ref = kiln_ref(m, peer, 5, w, 3), msg = kiln_build(m, "{hello,[1,2|3],#{a => <<\"b\">>},3.5}");
+    kiln_term ctrls[] = {
+        kiln_build(m, "{2,'',~t}", me),
+        kiln_build(m, "{22,~t,~t}", pid, me),
+        kiln_build(m, "{6,~t,'',echo}", pid),
+        kiln_build(m, "{1,~t,~t}", pid, me),
+        kiln_build(m, "{3,~t,~t,boom}", pid, me),
+        kiln_build(m, "{8,~t,~t,kill}", pid, me),
+        kiln_build(m, "{19,~t,~t,~t}", pid, me, ref),
+        kiln_build(m, "{20,~t,name,~t}", pid, ref),
+        kiln_build(m, "{21,~t,~t,~t,bye}", pid, me, ref),
+        kiln_build(m, "{35,42,~t,~t}", pid, me),
+        kiln_build(m, "{29,~t,~t,~t,{erpc,execute_call,4},[monitor]}", ref, pid, pid),
+        kiln_build(m, "{31,~t,~t,2,~t}", ref, me, pid),
+        kiln_build(m, "{33,~t,~t}", pid, ref),
+    };
+    bool with_msg[] = {true, true, true, false, false, false, false, false, false, false, true, false, true};
+    int k = 0;
+    for (size_t i = 0; i < sizeof ctrls / sizeof ctrls[0]; i++) {
+        kiln_term body = with_msg[i] ? (i == 10 ? kiln_build(m, "[~t,kiln,info,[]]", ref) : msg) : KILN_NONE;
+        write_seed(dir, k++, ctrls[i], body, false);
+        write_seed(dir, k++, ctrls[i], body, true);
+    }
+    kiln_msg_free(m);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    kiln_atoms_init();
+    ctx.node = kiln_atom_c("kiln@host");
+    ctx.creation = 5;
+    const char *dir = getenv("FUZZ_FRAME_SEEDS");
+    if (dir) {
+        seeds(dir);
+        exit(0);
+    }
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    kiln_etf_decode_opts opts = {.ctx = &ctx, .max_depth = 200, .max_uncompressed = 1 << 20};
+    kiln_frame f;
+    if (kiln_frame_parse(data, size, &opts, &f) == KILN_OK) {
+        if (!kiln_is_tuple(kiln_msg_term(f.ctrl)) || f.op < 1)
+            abort(); /* parse promised a checked control tuple */
+        kiln_frame_free(&f);
+    }
+    return 0;
+}
