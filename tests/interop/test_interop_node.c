@@ -501,6 +501,56 @@ static void test_rpc_both_ways(void **state)
     free(r);
 }
 
+/* ---- volume, size, and a peer that comes back ---- */
+
+static void test_many_and_big(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tbig");
+    char expr[1024];
+    /* 10 000 messages in flight at once come back complete and in order. */
+    snprintf(expr, sizeof expr,
+             "N = 10000, [{echo, '%s'} ! {self(), I} || I <- lists:seq(1, N)], "
+             "Got = [receive {_, I} -> I after 10000 -> timeout end || _ <- lists:seq(1, N)], "
+             "Got =:= lists:seq(1, N).",
+             g_kiln);
+    eval_expect(e, expr, "true");
+    /* A 100 MB binary, to Kiln and back. */
+    snprintf(expr, sizeof expr,
+             "B = binary:copy(<<\"0123456789\">>, 10000000), {echo, '%s'} ! {self(), B}, "
+             "receive {_, R} -> {byte_size(R), R =:= B} after 60000 -> timeout end.",
+             g_kiln);
+    eval_expect(e, expr, "{100000000,true}");
+}
+
+static void test_peer_restarts(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tback");
+    char expr[512];
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e, expr, "pong");
+    kill(-e->pid, SIGKILL);
+    /* The node notices (the socket ends), and the name is free again. */
+    kiln_term list[4];
+    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 0; i++)
+        usleep(10000);
+    assert_int_equal(kiln_node_list(g_node, list, 4), 0);
+    erl_stop(e);
+    struct erl_node *e2 = erl_with_t("tback");
+    eval_expect(e2, expr, "pong");
+    /* And Kiln reaches the new incarnation on its own. */
+    struct sender *s = calloc(1, sizeof(*s));
+    snprintf(s->target, sizeof s->target, "%s", e2->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, kiln_sends_first, s, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&s->done, 10000));
+    assert_int_equal(s->rc_send, KILN_OK);
+    eval_expect(e2, "receive {hi, from_kiln, P} when is_pid(P) -> ok after 3000 -> timeout end.", "ok");
+    free(s);
+}
+
 /* ---- hostile peers ---- */
 
 /* Connect to port, send bytes, and report whether the node closed the
@@ -675,6 +725,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_rpc_both_ways, node_teardown),
         cmocka_unit_test_teardown(test_kiln_calls_erlang_gen_server, node_teardown),
         cmocka_unit_test_teardown(test_bad_input, node_teardown),
+        cmocka_unit_test_teardown(test_many_and_big, node_teardown),
+        cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];
