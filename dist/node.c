@@ -71,6 +71,57 @@ void kiln_waitbox_destroy(struct kiln_waitbox *w)
     pthread_cond_destroy(&w->cond);
 }
 
+/* ---- pid sets ---- */
+
+static bool pidset_add(struct kiln_pidset *s, kiln_term pid)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 4;
+        kiln_term *v = kiln_realloc(s->v, cap * sizeof(*v));
+        if (!v)
+            return false;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = pid;
+    return true;
+}
+
+/* Remove one occurrence (or all, for a dead process). */
+static void pidset_del(struct kiln_pidset *s, kiln_term pid, bool all)
+{
+    for (size_t i = s->n; i-- > 0;) {
+        if (s->v[i] == pid) {
+            s->v[i] = s->v[--s->n];
+            if (!all)
+                return;
+        }
+    }
+}
+
+static void pidset_free(struct kiln_pidset *s)
+{
+    kiln_free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+/* {Tag, Node} to every subscriber; the dead are dropped on the way. */
+static void notify(kiln_node *n, struct kiln_pidset *s, kiln_term tag, kiln_term node)
+{
+    for (size_t i = s->n; i-- > 0;) {
+        if (!kiln_is_alive(n->rt, s->v[i])) {
+            s->v[i] = s->v[--s->n];
+            continue;
+        }
+        kiln_msg *m = kiln_msg_new(32);
+        if (!m)
+            continue;
+        kiln_msg_set_term(m, kiln_tuple(m, 2, tag, node));
+        kiln_rt_send(n->rt, s->v[i], m);
+    }
+}
+
 /* ---- configuration ---- */
 
 static int read_cookie(kiln_node *n, const char *cookie)
@@ -264,8 +315,10 @@ int kiln_node_stop(kiln_node *n)
         }
         kiln_free(c->involved);
         kiln_free(c->waiters);
+        pidset_free(&c->node_monitors);
         kiln_free(c);
     }
+    pidset_free(&n->nodes_monitors);
     kiln_rpc_fini(n);
     pthread_mutex_destroy(&n->lock);
     pthread_mutex_destroy(&n->epmd_lock);
@@ -377,6 +430,7 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
     kiln_msg *m = c->pending;
     c->pending = c->pending_tail = NULL;
     tell_waiters(n, c, KILN_ATOM_OK);
+    notify(n, &n->nodes_monitors, kiln_atom_c("nodeup"), c->peer);
     kiln_term writer = c->writer;
     pthread_mutex_unlock(&n->lock);
     /* In order, before anything sent from now on (which goes straight to
@@ -397,9 +451,13 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
             break;
         }
     }
-    c->state = KILN_CONN_DOWN;
     kiln_term result = err == KILN_OK ? kiln_atom_c("closed") : kiln_atom_c(kiln_strerror(err));
     tell_waiters(n, c, result);
+    /* nodedown for every monitor_node, and for monitor_nodes if it was up. */
+    notify(n, &c->node_monitors, kiln_atom_c("nodedown"), c->peer);
+    if (c->state == KILN_CONN_UP)
+        notify(n, &n->nodes_monitors, kiln_atom_c("nodedown"), c->peer);
+    c->state = KILN_CONN_DOWN;
     pthread_mutex_unlock(&n->lock);
     /* Every link and monitor across it fires with noconnection. */
     for (size_t i = 0; i < c->ninvolved; i++)
@@ -413,7 +471,59 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
         kiln_rt_exit(n->rt, c->writer, KILN_ATOM_KILL);
     kiln_free(c->involved);
     kiln_free(c->waiters);
+    pidset_free(&c->node_monitors);
     kiln_free(c);
+}
+
+/* ---- monitor_node, monitor_nodes ---- */
+
+int kiln_monitor_node(kiln_term node, bool on)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!rt)
+        return KILN_ENOTPROC;
+    kiln_node *n = node_of_rt(rt);
+    if (!n)
+        return KILN_ENOTSUP;
+    if (!kiln_is_atom(node))
+        return KILN_EBADARG;
+    kiln_term self = kiln_self();
+    if (node == n->name)
+        return KILN_OK; /* this node does not go down under its own processes */
+    struct kiln_conn *c = kiln_conn_get(n, node, on);
+    if (!c) {
+        if (!on)
+            return KILN_OK;
+        /* Not a node we can reach: nodedown at once, as Erlang does. */
+        kiln_msg *m = kiln_msg_new(32);
+        if (!m)
+            return KILN_ENOMEM;
+        kiln_msg_set_term(m, kiln_tuple(m, 2, kiln_atom_c("nodedown"), node));
+        return kiln_send(self, m);
+    }
+    int rc = KILN_OK;
+    if (on)
+        rc = pidset_add(&c->node_monitors, self) ? KILN_OK : KILN_ENOMEM;
+    else
+        pidset_del(&c->node_monitors, self, false);
+    pthread_mutex_unlock(&n->lock);
+    return rc;
+}
+
+int kiln_monitor_nodes(bool on)
+{
+    kiln_rt *rt = kiln_current_rt();
+    if (!rt)
+        return KILN_ENOTPROC;
+    kiln_node *n = node_of_rt(rt);
+    if (!n)
+        return KILN_ENOTSUP;
+    kiln_term self = kiln_self();
+    pthread_mutex_lock(&n->lock);
+    pidset_del(&n->nodes_monitors, self, true);
+    int rc = on && !pidset_add(&n->nodes_monitors, self) ? KILN_ENOMEM : KILN_OK;
+    pthread_mutex_unlock(&n->lock);
+    return rc;
 }
 
 /* ---- connect_node and nodes() ---- */

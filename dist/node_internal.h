@@ -25,6 +25,12 @@
 
 enum kiln_conn_state { KILN_CONN_CONNECTING, KILN_CONN_UP, KILN_CONN_DOWN };
 
+/* A small multiset of local pids (under the node lock). */
+struct kiln_pidset {
+    kiln_term *v;
+    size_t n, cap;
+};
+
 struct kiln_conn {
     struct kiln_conn *next;
     kiln_term peer;                 /* the peer's node atom */
@@ -41,6 +47,7 @@ struct kiln_conn {
     kiln_term *waiters;             /* processes in kiln_node_connect */
     size_t nwaiters, capwaiters;
     size_t new_atoms;               /* atoms this peer's frames created (owner only) */
+    struct kiln_pidset node_monitors; /* monitor_node subscribers (a pid per true) */
 };
 
 /* A peer may create at most this many atoms; more closes its connection.
@@ -81,6 +88,7 @@ struct kiln_node {
 
     _Atomic uint64_t unlink_ids;
     struct rpc_registry *rpc;       /* C functions Erlang may call (rpc.c) */
+    struct kiln_pidset nodes_monitors; /* monitor_nodes subscribers */
 };
 
 /* ---- node.c ---- */

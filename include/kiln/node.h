@@ -56,6 +56,14 @@ uint16_t kiln_node_port(const kiln_node *n);
  * connected. KILN_OK once up; KILN_EREFUSED, KILN_EBADCOOKIE, KILN_ETIMEOUT,
  * KILN_ESYS (unreachable) otherwise. */
 int kiln_node_connect(kiln_term node, int64_t timeout_ms);
+/* monitor_node(Node, true|false) (in a process): {nodedown, Node} arrives
+ * when the connection to node goes, or at once if it cannot be made (a
+ * connection is attempted). Each true needs its own false, as in Erlang. */
+int kiln_monitor_node(kiln_term node, bool on);
+/* net_kernel:monitor_nodes(true|false) (in a process): {nodeup, Node} and
+ * {nodedown, Node} for every connection that comes or goes. */
+int kiln_monitor_nodes(bool on);
+
 /* nodes(): the connected nodes' atoms, up to cap; returns how many there are. */
 size_t kiln_node_list(kiln_node *n, kiln_term *out, size_t cap);
 

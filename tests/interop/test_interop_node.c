@@ -551,6 +551,69 @@ static void test_peer_restarts(void **state)
     free(s);
 }
 
+/* ---- node monitoring ---- */
+
+struct nodemon {
+    char target[128];
+    _Atomic int ready;
+    _Atomic int got;
+    char seen[4][128];
+};
+
+static void node_watcher(void *arg)
+{
+    struct nodemon *w = arg;
+    kiln_term node = kiln_atom_c(w->target);
+    kiln_monitor_nodes(true);
+    kiln_monitor_node(node, true);
+    /* A node that cannot be reached: nodedown at once. */
+    kiln_monitor_node(kiln_atom_c("nobody@nowhere"), true);
+    atomic_store(&w->ready, 1);
+    for (int i = 0; i < 4; i++) {
+        kiln_msg *m;
+        if (kiln_receive(any, NULL, 15000, &m) != KILN_OK)
+            break;
+        kiln_term_print(w->seen[i], sizeof w->seen[i], kiln_msg_term(m));
+        kiln_msg_free(m);
+        atomic_fetch_add(&w->got, 1);
+    }
+}
+
+static void test_monitor_node(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tnmon");
+    struct nodemon *w = calloc(1, sizeof(*w));
+    snprintf(w->target, sizeof w->target, "%s", e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, node_watcher, w, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&w->ready, 5000));
+    /* monitor_node connected us (nodeup), then the node is killed. */
+    for (int i = 0; i < 500 && atomic_load(&w->got) < 2; i++)
+        usleep(10000);
+    kill(-e->pid, SIGKILL);
+    for (int i = 0; i < 1500 && atomic_load(&w->got) < 4; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&w->got), 4);
+    char want_up[160], want_down[160];
+    snprintf(want_up, sizeof want_up, "{nodeup,%s}", e->full);
+    snprintf(want_down, sizeof want_down, "{nodedown,%s}", e->full);
+    int ups = 0, downs = 0, nobody = 0;
+    for (int i = 0; i < 4; i++) {
+        ups += strcmp(w->seen[i], want_up) == 0;
+        downs += strcmp(w->seen[i], want_down) == 0;
+        nobody += strcmp(w->seen[i], "{nodedown,nobody@nowhere}") == 0;
+    }
+    if (ups != 1 || downs != 2 || nobody != 1)
+        fail_msg("saw %s %s %s %s", w->seen[0], w->seen[1], w->seen[2], w->seen[3]);
+    /* nodeup (monitor_nodes), nodedown twice (monitor_node and
+     * monitor_nodes), and nodedown for the unreachable node. */
+    assert_int_equal(ups, 1);
+    assert_int_equal(downs, 2);
+    assert_int_equal(nobody, 1);
+    free(w);
+}
+
 /* ---- hostile peers ---- */
 
 /* Connect to port, send bytes, and report whether the node closed the
@@ -727,6 +790,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_bad_input, node_teardown),
         cmocka_unit_test_teardown(test_many_and_big, node_teardown),
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
+        cmocka_unit_test_teardown(test_monitor_node, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];
