@@ -18,7 +18,8 @@
 #include "runtime/rt.h"
 
 #define READ_CHUNK 65536u
-#define WRITE_BATCH 64
+#define WRITE_BATCH 64 /* frames per write */
+#define WRITE_IOV 256  /* pieces per write */
 
 /* ---- writer ---- */
 
@@ -34,7 +35,7 @@ static void writer_main(void *arg)
     kiln_free(arg);
     static const uint8_t tick[4] = {0, 0, 0, 0};
     kiln_msg *batch[WRITE_BATCH];
-    struct iovec iov[WRITE_BATCH];
+    struct iovec iov[WRITE_IOV];
     for (;;) {
         kiln_msg *m;
         int rc = kiln_receive(NULL, NULL, wa.tick_ms, &m);
@@ -46,21 +47,25 @@ static void writer_main(void *arg)
         }
         if (rc != KILN_OK)
             break;
-        /* Everything queued behind it goes out in the same write. */
-        int n = 0;
-        do {
-            const uint8_t *data;
-            size_t len;
-            if (kiln_get_binary(kiln_msg_term(m), &data, &len) == KILN_OK && len) {
-                batch[n] = m;
-                iov[n].iov_base = (void *)data;
-                iov[n].iov_len = len;
-                n++;
-            } else {
-                kiln_msg_free(m);
+        /* Everything queued behind it goes out in the same write. A frame
+         * is an iolist of binaries (its header, then a shared slice of the
+         * encoded message): each piece is one iovec, nothing is copied. */
+        int n = 0, k = 0;
+        for (;;) {
+            batch[n++] = m;
+            for (kiln_term l = kiln_msg_term(m); kiln_is_cons(l) && k < WRITE_IOV; l = kiln_tl(l)) {
+                const uint8_t *data;
+                size_t len;
+                if (kiln_get_binary(kiln_hd(l), &data, &len) == KILN_OK && len) {
+                    iov[k].iov_base = (void *)data;
+                    iov[k].iov_len = len;
+                    k++;
+                }
             }
-        } while (n < WRITE_BATCH && kiln_receive(NULL, NULL, 0, &m) == KILN_OK);
-        rc = kiln_io_sendv(wa.fd, iov, n, 30000);
+            if (n == WRITE_BATCH || k > WRITE_IOV - 4 || kiln_receive(NULL, NULL, 0, &m) != KILN_OK)
+                break;
+        }
+        rc = kiln_io_sendv(wa.fd, iov, k, 30000);
         for (int i = 0; i < n; i++)
             kiln_msg_free(batch[i]);
         if (rc != KILN_OK)

@@ -23,8 +23,7 @@ static kiln_term el(kiln_term t, size_t i) { return kiln_tuple_get(t, i); }
 
 static int reply_frame(kiln_node *n, struct kiln_conn *c, kiln_term ctrl)
 {
-    kiln_msg *f = kiln_frame_new(n, ctrl, KILN_NONE);
-    return f ? kiln_conn_send_frame(n, c->peer, f) : KILN_ENOMEM;
+    return kiln_dist_out(n, c->peer, ctrl, KILN_NONE);
 }
 
 int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len)
@@ -36,10 +35,12 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
     size_t before = kiln_atom_count();
     opts.existing_atoms_only = c->new_atoms >= KILN_DIST_MAX_NEW_ATOMS;
     kiln_frame f;
-    int rc = kiln_frame_parse(p, len, &opts, &f);
+    int rc = kiln_frame_parse(&c->rx, p, len, &opts, &f);
     /* Counted from the table's size, so atoms others made meanwhile count
      * against this peer too: the error is on the safe side. */
     c->new_atoms += kiln_atom_count() - before;
+    if (rc == KILN_FRAME_PARTIAL)
+        return KILN_OK; /* a fragment: the message is not whole yet */
     if (rc == KILN_ENOTREG || (rc == KILN_OK && c->new_atoms > KILN_DIST_MAX_NEW_ATOMS)) {
         fprintf(stderr, "kiln: %s created more than %u atoms; closing the connection\n", c->peer_text,
                 KILN_DIST_MAX_NEW_ATOMS);

@@ -1,11 +1,10 @@
 /* Control messages to peers: the node's implementation of the runtime's
  * distribution operations (runtime/dist_hooks.h). Each operation becomes
- * a frame, encoded on the sender's own thread and handed to the
- * connection's writer.
- *
- * Frames use the pass-through form ('p', then each term with its 131):
- * Kiln does not advertise FRAGMENTS or DIST_HDR_ATOM_CACHE yet, and OTP
- * uses this form exactly when neither is negotiated. */
+ * frames encoded on the sender's own thread for what the connection
+ * negotiated (brief §3): the pass-through form ('p', each term with its
+ * 131) when neither FRAGMENTS nor DIST_HDR_ATOM_CACHE is agreed, else a
+ * distribution header (Kiln sends no atom-cache refs, which is always
+ * valid), and messages larger than the fragment size in fragments. */
 #include <string.h>
 
 #include "dist/node_internal.h"
@@ -18,39 +17,143 @@ enum dop {
     DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_ALIAS_SEND = 33, DOP_UNLINK_ID = 35
 };
 
-kiln_msg *kiln_frame_new(kiln_node *n, kiln_term ctrl, kiln_term msg)
+/* Bytes of one term, bare (inside a header) or whole (with its 131). */
+static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, size_t *len)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
     kiln_etf_enc *e = kiln_etf_enc_new(&o);
     if (!e)
         return NULL;
-    static const uint8_t head[5] = {0, 0, 0, 0, 'p'}; /* length patched below */
-    int rc = kiln_etf_enc_raw(e, head, sizeof head);
-    if (rc == KILN_OK)
-        rc = kiln_etf_enc_whole(e, ctrl);
-    if (rc == KILN_OK && !kiln_is_none(msg))
-        rc = kiln_etf_enc_whole(e, msg);
-    size_t size = kiln_etf_enc_size(e);
-    kiln_bin *b = rc == KILN_OK && size - 4 <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(size) : NULL;
-    kiln_msg *m = b ? kiln_msg_new(64) : NULL;
-    if (m) {
-        uint8_t *d = kiln_bin_data(b);
-        kiln_etf_enc_copy(e, d);
-        uint32_t len = (uint32_t)(size - 4);
-        d[0] = (uint8_t)(len >> 24);
-        d[1] = (uint8_t)(len >> 16);
-        d[2] = (uint8_t)(len >> 8);
-        d[3] = (uint8_t)len;
-        kiln_msg_set_term(m, kiln_binary_from_bin(m, b, 0, size));
-        if (kiln_is_none(kiln_msg_term(m))) {
-            kiln_msg_free(m);
-            m = NULL;
-        }
-    }
+    int rc = whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t);
+    *len = kiln_etf_enc_size(e);
+    kiln_bin *b = rc == KILN_OK && *len <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(*len ? *len : 1) : NULL;
     if (b)
-        kiln_bin_decref(b);
+        kiln_etf_enc_copy(e, kiln_bin_data(b));
     kiln_etf_enc_free(e);
+    return b;
+}
+
+static void put32(uint8_t *d, uint64_t v)
+{
+    d[0] = (uint8_t)(v >> 24);
+    d[1] = (uint8_t)(v >> 16);
+    d[2] = (uint8_t)(v >> 8);
+    d[3] = (uint8_t)v;
+}
+
+static void put64(uint8_t *d, uint64_t v)
+{
+    put32(d, v >> 32);
+    put32(d + 4, v);
+}
+
+/* One frame: head bytes (copied) then [off, off+len) of body (shared), as
+ * an iolist the writer hands to the kernel without copying the body. */
+static kiln_msg *frame_msg(const uint8_t *head, size_t hlen, kiln_bin *body, size_t off, size_t len)
+{
+    kiln_msg *m = kiln_msg_new(hlen + 64);
+    if (!m)
+        return NULL;
+    kiln_term h = kiln_binary(m, head, hlen);
+    kiln_term t = body && len ? kiln_list(m, 2, h, kiln_binary_from_bin(m, body, off, len)) : kiln_list(m, 1, h);
+    if (kiln_is_none(t)) {
+        kiln_msg_free(m);
+        return NULL;
+    }
+    kiln_msg_set_term(m, t);
     return m;
+}
+
+static void chain(kiln_msg **head, kiln_msg **tail, kiln_msg *m)
+{
+    atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+    if (*tail)
+        atomic_store_explicit(&(*tail)->next, m, memory_order_relaxed);
+    else
+        *head = m;
+    *tail = m;
+}
+
+kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg)
+{
+    bool header = (flags & (KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_FRAGMENTS)) != 0;
+    size_t clen, mlen = 0;
+    kiln_bin *cb = encode_term(n, ctrl, !header, &clen);
+    kiln_bin *mb = kiln_is_none(msg) ? NULL : encode_term(n, msg, !header, &mlen);
+    kiln_msg *head = NULL, *tail = NULL;
+    if (!cb || (!kiln_is_none(msg) && !mb))
+        goto out;
+    size_t frag = n->frag_size;
+    if (!header || !(flags & KILN_DFLAG_FRAGMENTS) || mlen <= frag) {
+        /* One frame: 'p' + whole terms, or 131,68,0 (no cache refs) + bare. */
+        uint8_t h[8 + 64];
+        size_t hl = header ? 3 : 1;
+        uint8_t *hb = clen + hl + 4 <= sizeof h ? h : kiln_malloc(clen + hl + 4);
+        if (!hb)
+            goto out;
+        put32(hb, hl + clen + mlen);
+        if (header) {
+            hb[4] = 131;
+            hb[5] = 68;
+            hb[6] = 0;
+        } else {
+            hb[4] = 'p';
+        }
+        memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
+        kiln_msg *f = frame_msg(hb, 4 + hl + clen, mb, 0, mlen);
+        if (hb != h)
+            kiln_free(hb);
+        if (f)
+            chain(&head, &tail, f);
+        goto out;
+    }
+    /* Fragments (brief §3): the header and the whole control term go in
+     * the first one with the first slice; the rest carry slices, their
+     * FragIds counting down to 1. Small messages from others may go out
+     * between them. SeqId 0 is never used: erl 25 crashes on it. */
+    uint64_t count = (mlen + frag - 1) / frag, seq = atomic_fetch_add(&n->frag_seq, 1) + 1;
+    uint8_t *hb = kiln_malloc(4 + 19 + clen);
+    if (!hb)
+        goto out;
+    size_t sl = frag;
+    put32(hb, 19 + clen + sl);
+    hb[4] = 131;
+    hb[5] = 69;
+    put64(hb + 6, seq);
+    put64(hb + 14, count);
+    hb[22] = 0; /* no atom-cache refs */
+    memcpy(hb + 23, kiln_bin_data(cb), clen);
+    kiln_msg *f = frame_msg(hb, 23 + clen, mb, 0, sl);
+    kiln_free(hb);
+    if (!f)
+        goto out;
+    chain(&head, &tail, f);
+    for (uint64_t id = count - 1, off = sl; id >= 1; id--, off += sl) {
+        sl = mlen - off < frag ? mlen - off : frag;
+        uint8_t c[4 + 18];
+        put32(c, 18 + sl);
+        c[4] = 131;
+        c[5] = 70;
+        put64(c + 6, seq);
+        put64(c + 14, id);
+        f = frame_msg(c, sizeof c, mb, off, sl);
+        if (!f) {
+            /* A sequence cut short must not go out at all. */
+            while (head) {
+                kiln_msg *next = atomic_load_explicit(&head->next, memory_order_relaxed);
+                kiln_msg_free(head);
+                head = next;
+            }
+            goto out;
+        }
+        chain(&head, &tail, f);
+    }
+out:
+    if (cb)
+        kiln_bin_decref(cb);
+    if (mb)
+        kiln_bin_decref(mb);
+    return head;
 }
 
 /* A pid to stand for "from" when a foreign thread sends: OTP wants a pid
@@ -62,11 +165,9 @@ static kiln_term from_or_node(kiln_node *n, kiln_term from)
 
 static int out(kiln_node *n, kiln_term peer, kiln_msg *scratch, kiln_term ctrl, kiln_term msg)
 {
-    kiln_msg *frame = kiln_is_none(ctrl) ? NULL : kiln_frame_new(n, ctrl, msg);
+    int rc = kiln_is_none(ctrl) ? KILN_ENOMEM : kiln_dist_out(n, peer, ctrl, msg);
     kiln_msg_free(scratch);
-    if (!frame)
-        return KILN_ENOMEM;
-    return kiln_conn_send_frame(n, peer, frame);
+    return rc;
 }
 
 static kiln_term ref_node(kiln_term ref)

@@ -2,6 +2,9 @@
 #include "dist/frame.h"
 
 #include <stdbool.h>
+#include <string.h>
+
+#include "runtime/alloc.h"
 
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_UNLINK = 4, DOP_REG_SEND = 6, DOP_GROUP_LEADER = 7,
@@ -45,48 +48,300 @@ void kiln_frame_free(kiln_frame *f)
     f->ctrl = f->msg = NULL;
 }
 
-int kiln_frame_parse(const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts, kiln_frame *out)
+/* ---- state ---- */
+
+#define MAX_SEQS 256
+#define MAX_PENDING ((size_t)256 << 20)
+#define DEFAULT_MAX_MESSAGE ((size_t)128 << 20)
+
+struct kiln_frag_seq {
+    struct kiln_frag_seq *next;
+    uint64_t id;
+    uint64_t expect;      /* the next FragId */
+    kiln_msg *ctrl;       /* decoded from the first fragment */
+    int64_t op;
+    kiln_term refs[255];  /* the first fragment's atom-cache refs */
+    size_t nrefs;
+    uint8_t *buf;         /* the message bytes so far */
+    size_t len, cap;
+};
+
+void kiln_frame_state_init(kiln_frame_state *s)
+{
+    memset(s, 0, sizeof(*s));
+}
+
+static void seq_free(struct kiln_frag_seq *q)
+{
+    kiln_msg_free(q->ctrl);
+    kiln_free(q->buf);
+    kiln_free(q);
+}
+
+void kiln_frame_state_fini(kiln_frame_state *s)
+{
+    while (s->seqs) {
+        struct kiln_frag_seq *q = s->seqs;
+        s->seqs = q->next;
+        seq_free(q);
+    }
+    s->nseqs = 0;
+    s->pending_bytes = 0;
+}
+
+/* ---- reading ---- */
+
+static uint64_t be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The atom-cache part of a distribution header at p[*off]: NumRefs, the
+ * flag nibbles, then each ref, new ones entering the cache (brief §3). */
+static int read_refs(kiln_frame_state *s, const uint8_t *p, size_t len, size_t *off, kiln_term *refs, size_t *nrefs,
+                     const kiln_etf_decode_opts *opts)
+{
+    if (*off >= len)
+        return KILN_ETRUNCATED;
+    size_t n = p[(*off)++];
+    *nrefs = n;
+    if (n == 0)
+        return KILN_OK;
+    size_t nflags = n / 2 + 1;
+    if (len - *off < nflags)
+        return KILN_ETRUNCATED;
+    const uint8_t *flags = p + *off;
+    *off += nflags;
+    bool long_atoms = (flags[n / 2] >> (4 * (n % 2))) & 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned nib = (flags[i / 2] >> (4 * (i % 2))) & 0xF;
+        unsigned seg = nib & 7;
+        if (*off >= len)
+            return KILN_ETRUNCATED;
+        unsigned slot = seg * 256 + p[(*off)++];
+        if (nib & 8) {
+            size_t alen;
+            if (long_atoms) {
+                if (len - *off < 2)
+                    return KILN_ETRUNCATED;
+                alen = (size_t)p[*off] << 8 | p[*off + 1];
+                *off += 2;
+            } else {
+                if (*off >= len)
+                    return KILN_ETRUNCATED;
+                alen = p[(*off)++];
+            }
+            if (len - *off < alen)
+                return KILN_ETRUNCATED;
+            kiln_term a;
+            int rc = opts->existing_atoms_only ? kiln_atom_existing((const char *)p + *off, alen, &a)
+                                               : kiln_atom((const char *)p + *off, alen, &a);
+            if (rc != KILN_OK)
+                return rc;
+            *off += alen;
+            s->cache[slot] = a;
+            refs[i] = a;
+        } else {
+            if (!s->cache[slot])
+                return KILN_EBADTERM; /* a "known" entry we never saw */
+            refs[i] = s->cache[slot];
+        }
+    }
+    return KILN_OK;
+}
+
+static int decode(const uint8_t *p, size_t len, bool bare, const kiln_etf_decode_opts *opts, const kiln_term *refs,
+                  size_t nrefs, kiln_msg **out, size_t *used)
+{
+    kiln_etf_decode_opts o = *opts;
+    o.atom_refs = refs;
+    o.n_atom_refs = nrefs;
+    return bare ? kiln_etf_decode_bare(p, len, &o, out, used) : kiln_etf_decode(p, len, &o, out, used);
+}
+
+/* Check the control tuple and its payload once both are known. */
+static int check(kiln_frame *out)
+{
+    kiln_term t = kiln_msg_term(out->ctrl);
+    size_t arity;
+    bool payload;
+    if (!kiln_is_tuple(t) || kiln_tuple_arity(t) < 1 || kiln_get_int64(kiln_tuple_get(t, 0), &out->op) != KILN_OK ||
+        !shape(out->op, &arity, &payload) || kiln_tuple_arity(t) != arity || payload != (out->msg != NULL)) {
+        kiln_frame_free(out);
+        return KILN_EPROTO;
+    }
+    return KILN_OK;
+}
+
+static struct kiln_frag_seq *find_seq(kiln_frame_state *s, uint64_t id, struct kiln_frag_seq ***link)
+{
+    for (struct kiln_frag_seq **pp = &s->seqs; *pp; pp = &(*pp)->next) {
+        if ((*pp)->id == id) {
+            *link = pp;
+            return *pp;
+        }
+    }
+    return NULL;
+}
+
+static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
+                          kiln_frame *out)
+{
+    if (len < 2 + 16)
+        return KILN_ETRUNCATED;
+    uint64_t id = be64(p + 2), frag = be64(p + 10);
+    size_t off = 18, nrefs, used;
+    if (frag == 0)
+        return KILN_EPROTO;
+    struct kiln_frag_seq **link;
+    if (find_seq(s, id, &link))
+        return KILN_EPROTO; /* a sequence id still under way */
+    kiln_term refs[255];
+    int rc = read_refs(s, p, len, &off, refs, &nrefs, opts);
+    if (rc != KILN_OK)
+        return rc;
+    rc = decode(p + off, len - off, true, opts, refs, nrefs, &out->ctrl, &used);
+    if (rc != KILN_OK)
+        return rc;
+    off += used;
+    if (frag == 1) {
+        /* A sequence of one: the message follows in full. */
+        out->msg = NULL;
+        if (off < len && (rc = decode(p + off, len - off, true, opts, refs, nrefs, &out->msg, &used)) != KILN_OK) {
+            kiln_frame_free(out);
+            return rc;
+        }
+        if (out->msg && off + used != len) {
+            kiln_frame_free(out);
+            return KILN_ETRAILING;
+        }
+        return check(out);
+    }
+    size_t max = s->max_message ? s->max_message : DEFAULT_MAX_MESSAGE;
+    size_t slice = len - off;
+    if (s->nseqs >= MAX_SEQS || slice > max || s->pending_bytes + slice > MAX_PENDING) {
+        kiln_frame_free(out);
+        return KILN_ETOOBIG;
+    }
+    struct kiln_frag_seq *q = kiln_calloc(1, sizeof(*q));
+    if (!q || (slice && !(q->buf = kiln_malloc(slice)))) {
+        kiln_free(q);
+        kiln_frame_free(out);
+        return KILN_ENOMEM;
+    }
+    q->id = id;
+    q->expect = frag - 1;
+    q->ctrl = out->ctrl;
+    out->ctrl = NULL;
+    memcpy(q->refs, refs, nrefs * sizeof(kiln_term));
+    q->nrefs = nrefs;
+    memcpy(q->buf, p + off, slice);
+    q->len = q->cap = slice;
+    q->next = s->seqs;
+    s->seqs = q;
+    s->nseqs++;
+    s->pending_bytes += slice;
+    return KILN_FRAME_PARTIAL;
+}
+
+static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
+                         kiln_frame *out)
+{
+    if (len < 2 + 16)
+        return KILN_ETRUNCATED;
+    uint64_t id = be64(p + 2), frag = be64(p + 10);
+    struct kiln_frag_seq **link;
+    struct kiln_frag_seq *q = find_seq(s, id, &link);
+    /* OTP too requires ids to count down by exactly one. */
+    if (!q || frag != q->expect)
+        return KILN_EPROTO;
+    size_t slice = len - 18;
+    size_t max = s->max_message ? s->max_message : DEFAULT_MAX_MESSAGE;
+    if (q->len + slice > max || s->pending_bytes + slice > MAX_PENDING)
+        return KILN_ETOOBIG;
+    if (q->len + slice > q->cap) {
+        /* Grow geometrically, but never past what the cap allows. */
+        size_t ncap = q->cap ? q->cap * 2 : slice;
+        if (ncap < q->len + slice)
+            ncap = q->len + slice;
+        if (ncap > max)
+            ncap = max;
+        uint8_t *nb = kiln_realloc(q->buf, ncap);
+        if (!nb)
+            return KILN_ENOMEM;
+        q->buf = nb;
+        q->cap = ncap;
+    }
+    memcpy(q->buf + q->len, p + 18, slice);
+    q->len += slice;
+    s->pending_bytes += slice;
+    if (frag > 1) {
+        q->expect = frag - 1;
+        return KILN_FRAME_PARTIAL;
+    }
+    /* The last one: the message is whole. */
+    *link = q->next;
+    s->nseqs--;
+    s->pending_bytes -= q->len;
+    out->ctrl = q->ctrl;
+    q->ctrl = NULL;
+    out->msg = NULL;
+    int rc = KILN_OK;
+    size_t used = 0;
+    if (q->len && (rc = decode(q->buf, q->len, true, opts, q->refs, q->nrefs, &out->msg, &used)) == KILN_OK &&
+        used != q->len)
+        rc = KILN_ETRAILING;
+    seq_free(q);
+    if (rc != KILN_OK) {
+        kiln_frame_free(out);
+        return rc;
+    }
+    return check(out);
+}
+
+int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
+                     kiln_frame *out)
 {
     out->ctrl = out->msg = NULL;
     out->op = 0;
+    if (len >= 2 && p[0] == 131 && p[1] == 69)
+        return first_fragment(s, p, len, opts, out);
+    if (len >= 2 && p[0] == 131 && p[1] == 70)
+        return next_fragment(s, p, len, opts, out);
     bool bare;
-    size_t off;
+    size_t off, nrefs = 0;
+    kiln_term refs[255];
     if (len >= 1 && p[0] == 'p') {
         bare = false;
         off = 1;
-    } else if (len >= 3 && p[0] == 131 && p[1] == 68 && p[2] == 0) {
-        /* A header with no atom-cache refs: bare terms follow. */
+    } else if (len >= 2 && p[0] == 131 && p[1] == 68) {
         bare = true;
-        off = 3;
+        off = 2;
+        int rc = read_refs(s, p, len, &off, refs, &nrefs, opts);
+        if (rc != KILN_OK)
+            return rc;
     } else {
-        /* Atom-cache headers and fragments are never negotiated by Kiln. */
         return KILN_EPROTO;
     }
     size_t used = 0;
-    int rc = bare ? kiln_etf_decode_bare(p + off, len - off, opts, &out->ctrl, &used)
-                  : kiln_etf_decode(p + off, len - off, opts, &out->ctrl, &used);
+    int rc = decode(p + off, len - off, bare, opts, refs, nrefs, &out->ctrl, &used);
     if (rc != KILN_OK)
         return rc;
     off += used;
     if (off < len) {
-        rc = bare ? kiln_etf_decode_bare(p + off, len - off, opts, &out->msg, &used)
-                  : kiln_etf_decode(p + off, len - off, opts, &out->msg, &used);
+        rc = decode(p + off, len - off, bare, opts, refs, nrefs, &out->msg, &used);
         if (rc != KILN_OK) {
             kiln_frame_free(out);
             return rc;
         }
         off += used;
     }
-    kiln_term t = kiln_msg_term(out->ctrl);
-    size_t arity;
-    bool payload;
     if (off != len) {
-        rc = KILN_ETRAILING;
-    } else if (!kiln_is_tuple(t) || kiln_tuple_arity(t) < 1 || kiln_get_int64(kiln_tuple_get(t, 0), &out->op) != KILN_OK ||
-               !shape(out->op, &arity, &payload) || kiln_tuple_arity(t) != arity || payload != (out->msg != NULL)) {
-        rc = KILN_EPROTO;
-    }
-    if (rc != KILN_OK)
         kiln_frame_free(out);
-    return rc;
+        return KILN_ETRAILING;
+    }
+    return check(out);
 }

@@ -1,13 +1,24 @@
 /* Parsing one distribution frame's payload (after the u32 length), with
  * no I/O and no node: the part of a connection that hostile bytes reach
- * first, kept pure so it can be fuzzed on its own. */
+ * first, kept pure so it can be fuzzed on its own.
+ *
+ * Three framings exist (brief §3): pass-through ('p', each term with its
+ * 131) when neither DIST_HDR_ATOM_CACHE nor FRAGMENTS is negotiated, and
+ * otherwise a distribution header (131, 68, atom cache refs, bare terms),
+ * or its fragmented forms (131, 69 first fragment; 131, 70 the rest). A
+ * connection's atom cache and its unfinished fragment sequences live in a
+ * kiln_frame_state. */
 #ifndef KILN_DIST_FRAME_H
 #define KILN_DIST_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kiln/etf.h"
+
+/* Frame consumed, message not complete yet (a fragment): nothing to do. */
+#define KILN_FRAME_PARTIAL 1
 
 typedef struct kiln_frame {
     kiln_msg *ctrl;  /* root: the control tuple, op checked */
@@ -15,12 +26,27 @@ typedef struct kiln_frame {
     int64_t op;
 } kiln_frame;
 
-/* Decode payload: pass-through ('p' + whole terms) or a distribution
- * header without atom-cache refs (131, 68, 0 + bare terms). The control
- * tuple's op must be known and the tuple the arity that op has, with a
- * following term exactly when the op takes one. KILN_OK fills out (free
- * with kiln_frame_free); otherwise an error and nothing to free. */
-int kiln_frame_parse(const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts, kiln_frame *out);
+struct kiln_frag_seq;
+
+typedef struct kiln_frame_state {
+    kiln_term cache[2048];          /* atom cache: segment * 256 + index */
+    struct kiln_frag_seq *seqs;     /* fragment sequences under way */
+    size_t nseqs;
+    size_t pending_bytes;           /* their buffered message bytes */
+    size_t max_message;             /* largest reassembled message; 0 = 128 MiB */
+} kiln_frame_state;
+
+void kiln_frame_state_init(kiln_frame_state *s);
+/* Drops partial sequences (a disconnect discards them). */
+void kiln_frame_state_fini(kiln_frame_state *s);
+
+/* Decode one payload. KILN_OK fills out (free with kiln_frame_free);
+ * KILN_FRAME_PARTIAL: a fragment was taken in; otherwise an error (the
+ * connection should close) and nothing to free. The control tuple's op
+ * must be known, the tuple the arity that op has, with a following term
+ * exactly when the op takes one. */
+int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
+                     kiln_frame *out);
 void kiln_frame_free(kiln_frame *f);
 
 #endif

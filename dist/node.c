@@ -204,6 +204,13 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     n->hidden = cfg->hidden;
     n->flags = cfg->hidden ? KILN_DFLAGS_HIDDEN : KILN_DFLAGS_VISIBLE;
     n->ticktime = cfg->net_ticktime ? cfg->net_ticktime : 60;
+    n->frag_size = cfg->fragment_size ? cfg->fragment_size : 65536;
+    /* Fragments both ways (frame.c, ctrl_out.c). SEND_SENDER and
+     * EXIT_PAYLOAD only change which ops OTP sends us, and ctrl_in.c takes
+     * both forms. The atom cache is parsed on receive (frame.c) but not
+     * advertised yet: OTP then also puts cache refs inside funs, which
+     * the codec cannot keep opaque (docs/dist.md). */
+    n->flags |= KILN_DFLAG_FRAGMENTS | KILN_DFLAG_SEND_SENDER | KILN_DFLAG_EXIT_PAYLOAD;
     n->epmd_port = cfg->epmd_port ? cfg->epmd_port : default_epmd_port();
     atomic_store(&n->unlink_ids, 1);
     if ((rc = kiln_rpc_init(n)) != KILN_OK)
@@ -316,6 +323,7 @@ int kiln_node_stop(kiln_node *n)
         kiln_free(c->involved);
         kiln_free(c->waiters);
         pidset_free(&c->node_monitors);
+        kiln_frame_state_fini(&c->rx);
         kiln_free(c);
     }
     pidset_free(&n->nodes_monitors);
@@ -385,28 +393,51 @@ struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
     return c;
 }
 
-int kiln_conn_send_frame(kiln_node *n, kiln_term peer, kiln_msg *frame)
+static void send_chain(kiln_node *n, kiln_term writer, kiln_msg *m)
 {
-    if (!frame)
-        return KILN_ENOMEM;
+    while (m) {
+        kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
+        kiln_rt_send(n->rt, writer, m);
+        m = next;
+    }
+}
+
+int kiln_dist_out(kiln_node *n, kiln_term peer, kiln_term ctrl, kiln_term msg)
+{
     struct kiln_conn *c = kiln_conn_get(n, peer, true);
     if (!c) {
         /* Unreachable or not a node name: dropped, as Erlang drops
          * messages to nodes it cannot reach. */
-        kiln_msg_free(frame);
         return KILN_OK;
     }
     if (c->state == KILN_CONN_UP) {
+        uint64_t flags = c->flags;
         kiln_term writer = c->writer;
         pthread_mutex_unlock(&n->lock);
-        return kiln_rt_send(n->rt, writer, frame);
+        /* Encoded here, on the sender's thread, not by the writer. */
+        kiln_msg *frames = kiln_frames_encode(n, flags, ctrl, msg);
+        if (!frames)
+            return KILN_ENOMEM;
+        send_chain(n, writer, frames);
+        return KILN_OK;
     }
-    atomic_store_explicit(&frame->next, NULL, memory_order_relaxed);
+    /* Connecting: how to encode depends on the handshake. Keep the terms. */
+    kiln_msg *item = kiln_msg_new(256);
+    kiln_term t = item ? kiln_tuple(item, 2, kiln_term_copy(item, ctrl),
+                                    kiln_is_none(msg) ? kiln_atom_c("$kiln_none") : kiln_term_copy(item, msg))
+                       : KILN_NONE;
+    if (kiln_is_none(t)) {
+        pthread_mutex_unlock(&n->lock);
+        kiln_msg_free(item);
+        return KILN_ENOMEM;
+    }
+    kiln_msg_set_term(item, t);
+    atomic_store_explicit(&item->next, NULL, memory_order_relaxed);
     if (c->pending_tail)
-        atomic_store_explicit(&c->pending_tail->next, frame, memory_order_relaxed);
+        atomic_store_explicit(&c->pending_tail->next, item, memory_order_relaxed);
     else
-        c->pending = frame;
-    c->pending_tail = frame;
+        c->pending = item;
+    c->pending_tail = item;
     pthread_mutex_unlock(&n->lock);
     return KILN_OK;
 }
@@ -426,20 +457,25 @@ static void tell_waiters(kiln_node *n, struct kiln_conn *c, kiln_term result)
 void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
 {
     pthread_mutex_lock(&n->lock);
-    c->state = KILN_CONN_UP;
+    /* What was queued goes to the writer before the connection counts as
+     * up, all under the lock: a sender that finds it up afterwards sends
+     * after its own earlier messages, never before. */
     kiln_msg *m = c->pending;
     c->pending = c->pending_tail = NULL;
-    tell_waiters(n, c, KILN_ATOM_OK);
-    notify(n, &n->nodes_monitors, kiln_atom_c("nodeup"), c->peer);
-    kiln_term writer = c->writer;
-    pthread_mutex_unlock(&n->lock);
-    /* In order, before anything sent from now on (which goes straight to
-     * the writer after us, because we hold nothing that they wait for). */
     while (m) {
         kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
-        kiln_rt_send(n->rt, writer, m);
+        kiln_term t = kiln_msg_term(m);
+        kiln_term body = kiln_tuple_get(t, 1);
+        kiln_msg *frames = kiln_frames_encode(n, c->flags, kiln_tuple_get(t, 0),
+                                              body == kiln_atom_c("$kiln_none") ? KILN_NONE : body);
+        send_chain(n, c->writer, frames);
+        kiln_msg_free(m);
         m = next;
     }
+    c->state = KILN_CONN_UP;
+    tell_waiters(n, c, KILN_ATOM_OK);
+    notify(n, &n->nodes_monitors, kiln_atom_c("nodeup"), c->peer);
+    pthread_mutex_unlock(&n->lock);
 }
 
 void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
@@ -472,6 +508,7 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
     kiln_free(c->involved);
     kiln_free(c->waiters);
     pidset_free(&c->node_monitors);
+    kiln_frame_state_fini(&c->rx); /* partial sequences are discarded */
     kiln_free(c);
 }
 

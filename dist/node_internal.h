@@ -16,6 +16,7 @@
 
 #include "dist/dist_flags.h"
 #include "dist/epmd_proto.h"
+#include "dist/frame.h"
 #include "dist/handshake.h"
 
 #define KILN_NODE_NAME_MAX 255
@@ -41,12 +42,13 @@ struct kiln_conn {
     int fd;                         /* owner's; -1 until connected */
     kiln_term owner;                /* the connection process (handshake, then reader) */
     kiln_term writer;               /* the writer process, once up */
-    kiln_msg *pending, *pending_tail; /* frames queued while connecting (under lock) */
+    kiln_msg *pending, *pending_tail; /* {Ctrl, Msg} queued while connecting (under lock) */
     kiln_term *involved;            /* local pids with links/monitors across it */
     size_t ninvolved, capinvolved;
     kiln_term *waiters;             /* processes in kiln_node_connect */
     size_t nwaiters, capwaiters;
     size_t new_atoms;               /* atoms this peer's frames created (owner only) */
+    kiln_frame_state rx;            /* atom cache and fragments coming in (owner only) */
     struct kiln_pidset node_monitors; /* monitor_node subscribers (a pid per true) */
 };
 
@@ -89,6 +91,8 @@ struct kiln_node {
     _Atomic uint64_t unlink_ids;
     struct rpc_registry *rpc;       /* C functions Erlang may call (rpc.c) */
     struct kiln_pidset nodes_monitors; /* monitor_nodes subscribers */
+    size_t frag_size;               /* larger messages go out in fragments */
+    _Atomic uint64_t frag_seq;      /* fragment sequence ids */
 };
 
 /* ---- node.c ---- */
@@ -96,9 +100,10 @@ struct kiln_node {
  * when connect is set. Under no lock; returns with the node lock held when
  * the result is not NULL. */
 struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect);
-/* Queue a frame (a message whose root is the frame's bytes as a binary)
- * for peer; connects if needed. Consumes frame. */
-int kiln_conn_send_frame(kiln_node *n, kiln_term peer, kiln_msg *frame);
+/* Send control term ctrl (and msg, or KILN_NONE) to peer, connecting if
+ * needed: encoded now for what the connection negotiated, or kept until
+ * the handshake says (the terms are copied, the caller keeps its own). */
+int kiln_dist_out(kiln_node *n, kiln_term peer, kiln_term ctrl, kiln_term msg);
 /* Called by a connection process when its handshake is done: the
  * connection is up, pending frames go to the writer. */
 void kiln_conn_up(kiln_node *n, struct kiln_conn *c);
@@ -120,8 +125,9 @@ void kiln_conn_acceptor_main(void *arg);
 
 /* ---- ctrl_out.c: control messages to peers ---- */
 extern const struct kiln_dist_ops kiln_node_dist_ops;
-/* Encode {Ctrl} [+ Msg] as one frame message for c (pass-through form). */
-kiln_msg *kiln_frame_new(kiln_node *n, kiln_term ctrl, kiln_term msg);
+/* Encode Ctrl [+ Msg] for flags: a chain (through ->next) of frame
+ * messages, each an iolist the writer sends as it is; NULL on failure. */
+kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg);
 
 /* ---- ctrl_in.c: control messages from peers ---- */
 /* Handle one non-tick frame payload from c. KILN_OK, or an error that

@@ -129,10 +129,9 @@ static void send_spawn_reply(kiln_node *n, kiln_term peer, kiln_term req_id, kil
 {
     kiln_msg *s = kiln_msg_new(64);
     kiln_term rep = s ? kiln_tuple(s, 5, kiln_small(DOP_SPAWN_REPLY), req_id, from, kiln_small(flags), result) : KILN_NONE;
-    kiln_msg *frame = kiln_is_none(rep) ? NULL : kiln_frame_new(n, rep, KILN_NONE);
+    if (!kiln_is_none(rep))
+        kiln_dist_out(n, peer, rep, KILN_NONE);
     kiln_msg_free(s);
-    if (frame)
-        kiln_conn_send_frame(n, peer, frame);
 }
 
 static void job_main(void *arg)
@@ -301,13 +300,11 @@ int kiln_erpc_call(kiln_term node, const char *module, const char *function, kil
     /* The monitor the request sets up is keyed by the request id; the
      * node atom stands for the process until we know it (noconnection). */
     struct kiln_monitor mon = {k, node, erpc, KILN_NONE, NULL};
-    kiln_msg *frame = kiln_is_none(ctrl) || kiln_is_none(alist) ? NULL : kiln_frame_new(n, ctrl, alist);
-    if (!frame || !kiln_monitor_add(p, true, &mon)) {
-        kiln_msg_free(frame);
+    if (kiln_is_none(ctrl) || kiln_is_none(alist) || !kiln_monitor_add(p, true, &mon)) {
         kiln_msg_free(s);
         return KILN_ENOMEM;
     }
-    kiln_conn_send_frame(n, node, frame);
+    kiln_dist_out(n, node, ctrl, alist);
     struct waiting w = {rt, req_id, k};
     uint64_t deadline = timeout_ms < 0 ? 0 : kiln_now_ms() + (uint64_t)timeout_ms;
     int rc;

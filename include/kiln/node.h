@@ -36,6 +36,10 @@ typedef struct kiln_node_config {
      * (unless this is set), so erl -sname nodes can register with us. */
     bool no_embedded_epmd;
     unsigned net_ticktime;  /* seconds (Erlang's net_ticktime); 0 = 60 */
+    /* Messages larger than this go out in fragments, so one big message
+     * does not hold up small ones on the same connection; 0 = 64 KiB (what
+     * OTP uses). */
+    size_t fragment_size;
 } kiln_node_config;
 
 /* Start distribution on rt. From any thread; blocks until the node is

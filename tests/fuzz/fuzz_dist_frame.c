@@ -31,8 +31,11 @@ static void write_seed(const char *dir, int k, kiln_term ctrl, kiln_term msg, bo
             kiln_etf_enc_whole(e, msg);
     }
     size_t n = kiln_etf_enc_size(e);
-    uint8_t *buf = malloc(n);
-    kiln_etf_enc_copy(e, buf);
+    uint8_t *buf = malloc(n + 2);
+    buf[0] = (uint8_t)(n >> 8); /* the harness reads u16-framed runs */
+    buf[1] = (uint8_t)n;
+    kiln_etf_enc_copy(e, buf + 2);
+    n += 2;
     char path[4096];
     snprintf(path, sizeof path, "%s/seed-%02d", dir, k);
     FILE *f = fopen(path, "wb");
@@ -94,11 +97,26 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     kiln_etf_decode_opts opts = {.ctx = &ctx, .max_depth = 200, .max_uncompressed = 1 << 20};
-    kiln_frame f;
-    if (kiln_frame_parse(data, size, &opts, &f) == KILN_OK) {
-        if (!kiln_is_tuple(kiln_msg_term(f.ctrl)) || f.op < 1)
-            abort(); /* parse promised a checked control tuple */
-        kiln_frame_free(&f);
+    /* The input is a run of frames (u16 length each) on one connection,
+     * so the atom cache and fragment reassembly see sequences too. */
+    static kiln_frame_state st;
+    kiln_frame_state_init(&st);
+    st.max_message = 1 << 20;
+    size_t off = 0;
+    while (size - off >= 2) {
+        size_t len = (size_t)data[off] << 8 | data[off + 1];
+        off += 2;
+        if (len > size - off)
+            len = size - off;
+        kiln_frame f;
+        int rc = kiln_frame_parse(&st, data + off, len, &opts, &f);
+        if (rc == KILN_OK) {
+            if (!kiln_is_tuple(kiln_msg_term(f.ctrl)) || f.op < 1)
+                abort(); /* parse promised a checked control tuple */
+            kiln_frame_free(&f);
+        }
+        off += len;
     }
+    kiln_frame_state_fini(&st);
     return 0;
 }
