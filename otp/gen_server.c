@@ -1,7 +1,9 @@
 /* gen_server on a Kiln behaviour: the behaviour's handle is OTP's
  * handle_msg, dispatching calls, casts, system messages and infos to the
  * user's callbacks one message at a time, so an idle server holds no
- * stack. Start goes through the proc_lib handshake (proc_start.c).
+ * stack. Start goes through the proc_lib handshake (proc_start.c); system
+ * messages go to the sys protocol's server side (sys_server.c), which
+ * gen_statem shares.
  *
  * Stopping from a callback runs the user's terminate inside handle, before
  * the process exits, so that terminate may block and, as in OTP, the reply
@@ -9,7 +11,6 @@
  * behaviour terminate, which only frees. When the process is ended from
  * outside, that behaviour terminate is the only one and runs the user's. */
 #include <stdlib.h>
-#include <stdio.h>
 
 #include "kiln/timer.h"
 #include "otp/otp_internal.h"
@@ -17,26 +18,24 @@
 struct gs {
     const kiln_gen_server *cb;
     void *state;
-    kiln_term self, parent;
+    kiln_otp_sys sys; /* self, parent, suspended */
     bool init_done;   /* the user's init succeeded: terminate is owed */
     bool terminated;  /* the user's terminate has run */
     bool dying;       /* stop decided outside handle: exit at the next message */
-    bool suspended;
     kiln_timer timer; /* the Timeout of the last result */
     uint64_t timer_gen;
     int64_t last_timeout;
 };
 
-static kiln_term atom_system, atom_timeout_tag, atom_wake, atom_timeout;
+static kiln_term atom_timeout_tag, atom_wake, atom_timeout;
 
 static void atoms(void)
 {
     /* Atoms are never freed, so racing initialisers store the same values. */
-    if (!atom_system) {
+    if (!atom_timeout) {
         atom_timeout_tag = kiln_atom_c("$kiln_gs_timeout");
         atom_wake = kiln_atom_c("$kiln_gs_wake");
         atom_timeout = kiln_atom_c("timeout");
-        atom_system = kiln_atom_c("system");
     }
 }
 
@@ -121,7 +120,7 @@ static void arm_timeout(struct gs *s, int64_t ms)
         return;
     s->timer_gen++;
     kiln_msg_set_term(m, kiln_tuple(m, 2, atom_timeout_tag, kiln_int(m, (int64_t)s->timer_gen)));
-    if (kiln_send_after(kiln_current_rt(), (uint64_t)ms, s->self, m, &s->timer) != KILN_OK)
+    if (kiln_send_after(kiln_current_rt(), (uint64_t)ms, s->sys.self, m, &s->timer) != KILN_OK)
         s->timer = 0;
 }
 
@@ -194,112 +193,20 @@ static kiln_action act(struct gs *s, kiln_gs_ret r, kiln_term from)
     }
 }
 
-/* ---- system messages ---- */
+/* ---- system messages (sys_server.c) ---- */
 
-static void reply_term(kiln_term from, kiln_term t)
+static kiln_term sys_state(void *beh, kiln_msg *m)
 {
-    kiln_msg *m = kiln_msg_new(64);
-    if (!m)
-        return;
-    kiln_msg_set_term(m, kiln_term_copy(m, t));
-    kiln_reply(from, m);
+    struct gs *s = beh;
+    return s->cb->format_state ? s->cb->format_state(s->state, m) : KILN_ATOM_UNDEFINED;
 }
 
-static kiln_term state_term(struct gs *s, kiln_msg *m)
+static kiln_action sys_stop(void *beh, kiln_term reason)
 {
-    kiln_term t = s->cb->format_state ? s->cb->format_state(s->state, m) : KILN_ATOM_UNDEFINED;
-    return kiln_is_none(t) ? KILN_ATOM_UNDEFINED : t;
+    return do_stop(beh, reason, KILN_NONE, KILN_NONE, NULL);
 }
 
-static void reply_status(struct gs *s, kiln_term from)
-{
-    /* sys:get_status's shape for a gen_server (format_status's default). */
-    kiln_msg *m = kiln_msg_new(512);
-    if (!m)
-        return;
-    char header[160];
-    snprintf(header, sizeof(header), "Status for generic server %s", s->cb->name ? s->cb->name : "");
-    kiln_term sys_state = kiln_atom_c(s->suspended ? "suspended" : "running");
-    kiln_term t = kiln_build(m,
-                             "{status,~p,{module,gen_server},[[],~A,~p,[],"
-                             "[{header,~s},{data,[{\"Status\",~A},{\"Parent\",~p},{\"Logged events\",[]}]},"
-                             "{data,[{\"State\",~t}]}]]}",
-                             s->self, sys_state, s->parent, header, sys_state, s->parent, state_term(s, m));
-    if (kiln_is_none(t)) {
-        kiln_msg_free(m);
-        return;
-    }
-    kiln_msg_set_term(m, t);
-    kiln_reply(from, m);
-}
-
-static bool is_system_or_parent_exit(kiln_term t, void *arg)
-{
-    const struct gs *s = arg;
-    if (!kiln_is_tuple(t) || kiln_tuple_arity(t) != 3)
-        return false;
-    kiln_term tag = kiln_tuple_get(t, 0);
-    return tag == atom_system || (tag == KILN_ATOM_EXIT && kiln_term_eq(kiln_tuple_get(t, 1), s->parent) &&
-                                  s->parent != s->self);
-}
-
-static kiln_action system_msg(struct gs *s, kiln_term from, kiln_term req);
-
-/* sys:suspend: only system messages and the parent's exit are handled
- * until resume; everything else waits in the mailbox in order. The server
- * holds a stack meanwhile (it is blocked in a receive). */
-static kiln_action suspended_loop(struct gs *s)
-{
-    while (s->suspended) {
-        kiln_msg *m;
-        if (kiln_receive(is_system_or_parent_exit, s, -1, &m) != KILN_OK)
-            return KILN_CONTINUE;
-        kiln_term t = kiln_msg_term(m);
-        kiln_action a;
-        if (kiln_tuple_get(t, 0) == KILN_ATOM_EXIT)
-            a = do_stop(s, kiln_tuple_get(t, 2), KILN_NONE, KILN_NONE, NULL);
-        else
-            a = system_msg(s, kiln_tuple_get(t, 1), kiln_tuple_get(t, 2));
-        kiln_msg_free(m);
-        if (a == KILN_STOP)
-            return a;
-    }
-    return KILN_CONTINUE;
-}
-
-static kiln_action system_msg(struct gs *s, kiln_term from, kiln_term req)
-{
-    if (req == kiln_atom_c("get_state")) {
-        kiln_msg *m = kiln_msg_new(128);
-        if (m) {
-            kiln_msg_set_term(m, kiln_tuple(m, 2, KILN_ATOM_OK, state_term(s, m)));
-            kiln_reply(from, m);
-        }
-    } else if (req == kiln_atom_c("get_status")) {
-        reply_status(s, from);
-    } else if (req == kiln_atom_c("suspend")) {
-        reply_term(from, KILN_ATOM_OK);
-        if (!s->suspended) {
-            s->suspended = true;
-            return suspended_loop(s);
-        }
-    } else if (req == kiln_atom_c("resume")) {
-        s->suspended = false;
-        reply_term(from, KILN_ATOM_OK);
-    } else if (kiln_is_tuple(req) && kiln_tuple_arity(req) == 2 && kiln_tuple_get(req, 0) == kiln_atom_c("terminate")) {
-        /* sys:terminate, which gen_server:stop uses: no reply, the caller
-         * watches for the DOWN. */
-        return do_stop(s, kiln_tuple_get(req, 1), KILN_NONE, KILN_NONE, NULL);
-    } else {
-        kiln_msg *m = kiln_msg_new(64);
-        if (m) {
-            kiln_term why = kiln_tuple(m, 2, kiln_atom_c("unknown_system_msg"), kiln_term_copy(m, req));
-            kiln_msg_set_term(m, kiln_tuple(m, 2, KILN_ATOM_ERROR, why));
-            kiln_reply(from, m);
-        }
-    }
-    return KILN_CONTINUE;
-}
+static const kiln_otp_sys_ops gs_sys_ops = {"gen_server", "Status for generic server", sys_state, NULL, sys_stop};
 
 /* ---- the loop ---- */
 
@@ -339,18 +246,14 @@ static kiln_action gs_handle(void *state, kiln_msg *msg)
             return KILN_CONTINUE;
         return act(s, s->cb->handle_cast(s->state, kiln_tuple_get(t, 1)), KILN_NONE);
     }
-    if (n == 3 && kiln_tuple_get(t, 0) == atom_system) {
-        kiln_term f = kiln_tuple_get(t, 1);
-        if (kiln_is_tuple(f) && kiln_tuple_arity(f) == 2) {
-            kiln_action a = system_msg(s, f, kiln_tuple_get(t, 2));
-            /* A system message keeps the pending Timeout, as OTP's loop does. */
-            if (a == KILN_CONTINUE)
-                arm_timeout(s, s->last_timeout);
-            return a;
-        }
+    if (kiln_otp_sys_match(t, &from, &req)) {
+        kiln_action a = kiln_otp_sys_handle(&s->sys, from, req);
+        /* A system message keeps the pending Timeout, as OTP's loop does. */
+        if (a == KILN_CONTINUE)
+            arm_timeout(s, s->last_timeout);
+        return a;
     }
-    if (n == 3 && kiln_tuple_get(t, 0) == KILN_ATOM_EXIT && s->parent != s->self &&
-        kiln_term_eq(kiln_tuple_get(t, 1), s->parent))
+    if (kiln_otp_is_parent_exit(&s->sys, t))
         return do_stop(s, kiln_tuple_get(t, 2), KILN_NONE, KILN_NONE, NULL);
     if (!s->cb->handle_info)
         return KILN_CONTINUE;
@@ -367,7 +270,7 @@ static void die_soon(struct gs *s)
     kiln_msg *m = kiln_msg_new(0);
     if (m) {
         kiln_msg_set_term(m, atom_wake);
-        kiln_send(s->self, m);
+        kiln_send(s->sys.self, m);
     }
 }
 
@@ -382,8 +285,11 @@ static int gs_init(void *arg, void **state)
      * runtime's terminate still gets s and frees it. */
     *state = s;
     s->cb = st->impl;
-    s->self = kiln_self();
-    s->parent = kiln_is_none(st->parent) ? s->self : st->parent;
+    s->sys.ops = &gs_sys_ops;
+    s->sys.beh = s;
+    s->sys.name = s->cb->name;
+    s->sys.self = kiln_self();
+    s->sys.parent = kiln_is_none(st->parent) ? s->sys.self : st->parent;
     s->last_timeout = -1;
 
     kiln_gs_ret r = s->cb->init(st->arg, &s->state);
@@ -397,7 +303,7 @@ static int gs_init(void *arg, void **state)
     switch (r.action) {
     case KILN_GS_NOREPLY:
         s->init_done = true;
-        kiln_otp_ack(st, kiln_tuple(tmp, 2, KILN_ATOM_OK, s->self));
+        kiln_otp_ack(st, kiln_tuple(tmp, 2, KILN_ATOM_OK, s->sys.self));
         kiln_msg_free(tmp);
         if (act(s, r, KILN_NONE) == KILN_STOP)
             die_soon(s);
@@ -435,21 +341,6 @@ int kiln_gs_start_link(const kiln_gen_server *gs, void *arg, const kiln_gs_opts 
     return kiln_otp_start(kiln_current_rt(), &gs_beh, gs, arg, opts, true, pid, reason);
 }
 
-struct start_job {
-    kiln_rt *rt;
-    const kiln_gen_server *gs;
-    void *arg;
-    const kiln_gs_opts *opts;
-    kiln_term pid;
-    kiln_msg *reason;
-};
-
-static int start_job_run(void *a)
-{
-    struct start_job *j = a;
-    return kiln_otp_start(j->rt, &gs_beh, j->gs, j->arg, j->opts, false, &j->pid, &j->reason);
-}
-
 int kiln_gs_start(kiln_rt *rt, const kiln_gen_server *gs, void *arg, const kiln_gs_opts *opts, kiln_term *pid,
                   kiln_msg **reason)
 {
@@ -457,17 +348,7 @@ int kiln_gs_start(kiln_rt *rt, const kiln_gen_server *gs, void *arg, const kiln_
         *reason = NULL;
     if (!gs || !gs->init)
         return KILN_EINVAL;
-    if (!rt)
-        rt = kiln_current_rt();
-    struct start_job j = {rt, gs, arg, opts, KILN_NONE, NULL};
-    int rc = kiln_otp_run(rt, start_job_run, &j);
-    if (pid)
-        *pid = j.pid;
-    if (reason)
-        *reason = j.reason;
-    else
-        kiln_msg_free(j.reason);
-    return rc;
+    return kiln_otp_start_nolink(rt, &gs_beh, gs, arg, opts, pid, reason);
 }
 
 struct call_job {

@@ -201,3 +201,40 @@ void kiln_otp_ack(struct kiln_otp_starting *st, kiln_term result)
     kiln_msg_set_term(m, kiln_tuple(m, 2, alias, kiln_term_copy(m, result)));
     kiln_send(alias, m);
 }
+
+/* gen_server:start and gen_statem:start work from any thread (main()
+ * starting a top server), so the handshake runs in a helper process when
+ * the caller is not one of rt's processes. */
+struct start_job {
+    kiln_rt *rt;
+    const kiln_behaviour *beh;
+    const void *impl;
+    void *arg;
+    const kiln_gs_opts *opts;
+    kiln_term pid;
+    kiln_msg *reason;
+};
+
+static int start_job_run(void *a)
+{
+    struct start_job *j = a;
+    return kiln_otp_start(j->rt, j->beh, j->impl, j->arg, j->opts, false, &j->pid, &j->reason);
+}
+
+int kiln_otp_start_nolink(kiln_rt *rt, const kiln_behaviour *beh, const void *impl, void *arg,
+                          const kiln_gs_opts *opts, kiln_term *pid, kiln_msg **reason)
+{
+    if (reason)
+        *reason = NULL;
+    if (!rt)
+        rt = kiln_current_rt();
+    struct start_job j = {rt, beh, impl, arg, opts, KILN_NONE, NULL};
+    int rc = kiln_otp_run(rt, start_job_run, &j);
+    if (pid)
+        *pid = j.pid;
+    if (reason)
+        *reason = j.reason;
+    else
+        kiln_msg_free(j.reason);
+    return rc;
+}

@@ -1,7 +1,7 @@
 /* The sys protocol, client side: {system, {Self, [alias|A]}, Req}, the way
  * sys:get_state and friends (gen:call with the label system) send it, and
  * the public kiln_sys_* calls built on it. The server side is in
- * gen_server.c. */
+ * sys_server.c. */
 #include "otp/otp_internal.h"
 
 kiln_term kiln_otp_resolve(kiln_rt *rt, kiln_term server)

@@ -11,6 +11,9 @@
 #include "kiln/node.h"
 #include "kiln/gen_server.h"
 #include "kiln/supervisor.h"
+#include "kiln/gen_statem.h"
+#include "kiln/gen_stage.h"
+#include "kiln/application.h"
 #include "kiln/etf.h"
 
 #endif
