@@ -1,0 +1,345 @@
+/* The distribution frame parser on its own: the three framings, fragment
+ * reassembly (interleaved sequences, small frames between fragments), the
+ * atom cache, and every way a peer can break the rules, each with its own
+ * error and nothing leaked (the ASan build checks that). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "dist/frame.h"
+
+typedef struct buf {
+    uint8_t *p;
+    size_t len;
+} buf;
+
+static void put(buf *b, const void *d, size_t n)
+{
+    b->p = realloc(b->p, b->len + n);
+    assert_non_null(b->p);
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+}
+
+static void put8(buf *b, uint8_t v) { put(b, &v, 1); }
+
+static void put64(buf *b, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--)
+        put8(b, (uint8_t)(v >> (8 * i)));
+}
+
+/* A term's encoding, whole (with 131) or bare. */
+static void put_term(buf *b, kiln_term t, bool whole)
+{
+    uint8_t *e;
+    size_t n;
+    kiln_t2b_opts o = KILN_T2B_OPTS_DEFAULT;
+    assert_int_equal(kiln_etf_term_to_bytes(t, &o, &e, &n), KILN_OK);
+    put(b, whole ? e : e + 1, whole ? n : n - 1);
+    free(e);
+}
+
+/* SEND's control tuple: {2, '', to}. The parser checks op and arity only. */
+static kiln_msg *send_ctrl(void) { return kiln_test_msg("{~i,~a,~a}", 2L, "", "to"); }
+
+static kiln_msg *big_payload(size_t n, uint8_t fill)
+{
+    uint8_t *d = malloc(n);
+    assert_non_null(d);
+    memset(d, fill, n);
+    kiln_msg *m = kiln_test_msg("{~a,~b}", "big", d, n);
+    free(d);
+    return m;
+}
+
+static const kiln_etf_decode_opts opts0;
+
+static int parse(kiln_frame_state *s, const buf *b, kiln_frame *f)
+{
+    return kiln_frame_parse(s, b->p, b->len, &opts0, f);
+}
+
+/* The payload's bare bytes, cut into count slices: fragment frames with
+ * FragIds count..1, the control term in the first. */
+static buf *fragments(uint64_t seq, kiln_msg *ctrl, kiln_msg *msg, size_t count)
+{
+    buf body = {0};
+    put_term(&body, kiln_msg_term(msg), false);
+    buf *out = calloc(count, sizeof(buf));
+    size_t slice = body.len / count, off = 0;
+    for (size_t i = 0; i < count; i++) {
+        size_t n = i + 1 == count ? body.len - off : slice;
+        put8(&out[i], 131);
+        put8(&out[i], i == 0 ? 69 : 70);
+        put64(&out[i], seq);
+        put64(&out[i], count - i);
+        if (i == 0) {
+            put8(&out[i], 0); /* no atom-cache refs */
+            put_term(&out[i], kiln_msg_term(ctrl), false);
+        }
+        put(&out[i], body.p + off, n);
+        off += n;
+    }
+    free(body.p);
+    return out;
+}
+
+static void free_frags(buf *f, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        free(f[i].p);
+    free(f);
+}
+
+static void assert_big(const kiln_frame *f, size_t n, uint8_t fill)
+{
+    assert_int_equal(f->op, 2);
+    assert_non_null(f->msg);
+    const uint8_t *d;
+    size_t len;
+    assert_int_equal(kiln_match(kiln_msg_term(f->msg), "{big,~b}", &d, &len), KILN_OK);
+    assert_int_equal(len, n);
+    for (size_t i = 0; i < n; i++)
+        if (d[i] != fill)
+            fail_msg("byte %zu is %u", i, d[i]);
+}
+
+static void test_pass_through_and_header(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *msg = kiln_test_msg("{~a,~i}", "hello", 42L);
+    kiln_frame f;
+
+    buf p = {0};
+    put8(&p, 'p');
+    put_term(&p, kiln_msg_term(ctrl), true);
+    put_term(&p, kiln_msg_term(msg), true);
+    assert_int_equal(parse(&s, &p, &f), KILN_OK);
+    assert_int_equal(f.op, 2);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(msg)), 0);
+    kiln_frame_free(&f);
+
+    buf h = {0};
+    put8(&h, 131);
+    put8(&h, 68);
+    put8(&h, 0);
+    put_term(&h, kiln_msg_term(ctrl), false);
+    put_term(&h, kiln_msg_term(msg), false);
+    assert_int_equal(parse(&s, &h, &f), KILN_OK);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(msg)), 0);
+    kiln_frame_free(&f);
+
+    /* A byte too many after the payload. */
+    put8(&h, 106);
+    assert_int_equal(parse(&s, &h, &f), KILN_ETRAILING);
+    /* SEND without its payload, and an op nobody defined. */
+    buf np = {0};
+    put8(&np, 'p');
+    put_term(&np, kiln_msg_term(ctrl), true);
+    assert_int_equal(parse(&s, &np, &f), KILN_EPROTO);
+    kiln_msg *bad = kiln_test_msg("{~i,~a,~a}", 99L, "", "to");
+    buf bo = {0};
+    put8(&bo, 'p');
+    put_term(&bo, kiln_msg_term(bad), true);
+    assert_int_equal(parse(&s, &bo, &f), KILN_EPROTO);
+    /* Neither 'p' nor 131,68/69/70. */
+    const uint8_t junk[] = {131, 71, 0};
+    assert_int_equal(kiln_frame_parse(&s, junk, sizeof junk, &opts0, &f), KILN_EPROTO);
+
+    free(p.p), free(h.p), free(np.p), free(bo.p);
+    kiln_msg_free(ctrl), kiln_msg_free(msg), kiln_msg_free(bad);
+    kiln_frame_state_fini(&s);
+}
+
+static void test_fragments_interleaved(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *a = big_payload(30000, 0xA1), *b = big_payload(20000, 0xB2);
+    kiln_msg *small = kiln_test_msg("{~a}", "small");
+    buf *fa = fragments(7, ctrl, a, 4), *fb = fragments(8, ctrl, b, 3);
+    buf sm = {0};
+    put8(&sm, 131);
+    put8(&sm, 68);
+    put8(&sm, 0);
+    put_term(&sm, kiln_msg_term(ctrl), false);
+    put_term(&sm, kiln_msg_term(small), false);
+
+    kiln_frame f;
+    /* a1 b1 small a2 b2 a3 small b3(last of b) a4(last of a) */
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &fb[0], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &sm, &f), KILN_OK);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(small)), 0);
+    kiln_frame_free(&f);
+    assert_int_equal(parse(&s, &fa[1], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &fb[1], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &fa[2], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &sm, &f), KILN_OK);
+    kiln_frame_free(&f);
+    assert_int_equal(parse(&s, &fb[2], &f), KILN_OK);
+    assert_big(&f, 20000, 0xB2);
+    kiln_frame_free(&f);
+    assert_int_equal(parse(&s, &fa[3], &f), KILN_OK);
+    assert_big(&f, 30000, 0xA1);
+    kiln_frame_free(&f);
+    assert_int_equal(s.nseqs, 0);
+    assert_int_equal(s.pending_bytes, 0);
+
+    /* Sequence ids may be reused once finished; a sequence of one is a
+     * whole message in a fragment header. */
+    buf *one = fragments(7, ctrl, b, 1);
+    assert_int_equal(parse(&s, &one[0], &f), KILN_OK);
+    assert_big(&f, 20000, 0xB2);
+    kiln_frame_free(&f);
+
+    free_frags(fa, 4), free_frags(fb, 3), free_frags(one, 1), free(sm.p);
+    kiln_msg_free(ctrl), kiln_msg_free(a), kiln_msg_free(b), kiln_msg_free(small);
+    kiln_frame_state_fini(&s);
+}
+
+static void test_fragment_protocol_errors(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *a = big_payload(5000, 1);
+    buf *fa = fragments(3, ctrl, a, 3);
+    kiln_frame f;
+
+    /* A continuation of a sequence never started. */
+    assert_int_equal(parse(&s, &fa[1], &f), KILN_EPROTO);
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_FRAME_PARTIAL);
+    /* The same SeqId started twice while under way. */
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_EPROTO);
+    /* FragId 1 while 2 is due: out of order. */
+    assert_int_equal(parse(&s, &fa[2], &f), KILN_EPROTO);
+    /* Headers cut short. */
+    assert_int_equal(kiln_frame_parse(&s, fa[1].p, 10, &opts0, &f), KILN_ETRUNCATED);
+    buf t = {0};
+    put8(&t, 131), put8(&t, 69), put64(&t, 4), put64(&t, 2);
+    assert_int_equal(parse(&s, &t, &f), KILN_ETRUNCATED); /* no NumRefs */
+    /* FragId 0 does not exist. */
+    buf z = {0};
+    put8(&z, 131), put8(&z, 69), put64(&z, 9), put64(&z, 0), put8(&z, 0);
+    put_term(&z, kiln_msg_term(ctrl), false);
+    assert_int_equal(parse(&s, &z, &f), KILN_EPROTO);
+    /* The unfinished sequence 3 is dropped by fini; ASan checks it. */
+    free_frags(fa, 3), free(z.p), free(t.p);
+    kiln_msg_free(ctrl), kiln_msg_free(a);
+    kiln_frame_state_fini(&s);
+}
+
+static void test_fragment_limits(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *a = big_payload(3000, 2);
+    kiln_frame f;
+
+    /* A message over max_message is refused while it grows, before it is
+     * buffered whole. */
+    s.max_message = 2000;
+    buf *fa = fragments(1, ctrl, a, 3);
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &fa[1], &f), KILN_ETOOBIG);
+    free_frags(fa, 3);
+    kiln_frame_state_fini(&s);
+
+    /* At most 256 sequences under way per connection. */
+    kiln_frame_state_init(&s);
+    int partial = 0, refused = 0;
+    for (uint64_t id = 1; id <= 300; id++) {
+        buf *fx = fragments(id, ctrl, a, 2);
+        int rc = parse(&s, &fx[0], &f);
+        partial += rc == KILN_FRAME_PARTIAL;
+        refused += rc == KILN_ETOOBIG;
+        free_frags(fx, 2);
+    }
+    assert_int_equal(partial, 256);
+    assert_int_equal(refused, 300 - 256);
+    kiln_frame_state_fini(&s);
+    kiln_msg_free(ctrl), kiln_msg_free(a);
+}
+
+/* Header with n atom-cache refs: flag nibbles (new entry bit 8, segment
+ * 0), then each ref; new ones carry their text. */
+static void put_refs(buf *b, size_t n, const bool *fresh, const uint8_t *idx, const char *const *text)
+{
+    put8(b, (uint8_t)n);
+    uint8_t flags[128] = {0};
+    for (size_t i = 0; i < n; i++)
+        flags[i / 2] |= (uint8_t)((fresh[i] ? 8 : 0) << (4 * (i % 2)));
+    put(b, flags, n / 2 + 1); /* the last nibble: short atoms */
+    for (size_t i = 0; i < n; i++) {
+        put8(b, idx[i]);
+        if (fresh[i]) {
+            put8(b, (uint8_t)strlen(text[i]));
+            put(b, text[i], strlen(text[i]));
+        }
+    }
+}
+
+static void test_atom_cache(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_frame f;
+    /* {2, ref0, ref1} then message ref1: the refs become '' and 'kiln_to'. */
+    const uint8_t body[] = {104, 3, 97, 2, 82, 0, 82, 1, 82, 1};
+    buf h = {0};
+    put8(&h, 131), put8(&h, 68);
+    put_refs(&h, 2, (const bool[]){true, true}, (const uint8_t[]){5, 6}, (const char *const[]){"", "kiln_to"});
+    put(&h, body, sizeof body);
+    assert_int_equal(parse(&s, &h, &f), KILN_OK);
+    assert_int_equal(f.op, 2);
+    kiln_term to;
+    assert_int_equal(kiln_atom("kiln_to", 7, &to), KILN_OK);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), to), 0);
+    kiln_frame_free(&f);
+
+    /* Later frames refer to the cached entries without their text. */
+    buf h2 = {0};
+    put8(&h2, 131), put8(&h2, 68);
+    put_refs(&h2, 2, (const bool[]){false, false}, (const uint8_t[]){5, 6}, NULL);
+    put(&h2, body, sizeof body);
+    assert_int_equal(parse(&s, &h2, &f), KILN_OK);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), to), 0);
+    kiln_frame_free(&f);
+
+    /* An entry that was never filled, and a ref index past NumRefs. */
+    buf h3 = {0};
+    put8(&h3, 131), put8(&h3, 68);
+    put_refs(&h3, 2, (const bool[]){false, false}, (const uint8_t[]){5, 77}, NULL);
+    put(&h3, body, sizeof body);
+    assert_int_equal(parse(&s, &h3, &f), KILN_EBADTERM);
+    buf h4 = {0};
+    put8(&h4, 131), put8(&h4, 68);
+    put_refs(&h4, 1, (const bool[]){false}, (const uint8_t[]){5}, NULL);
+    put(&h4, body, sizeof body);
+    assert_int_equal(parse(&s, &h4, &f), KILN_EBADTERM);
+    /* Flags promised but cut off. */
+    const uint8_t cut[] = {131, 68, 3, 0x88};
+    assert_int_equal(kiln_frame_parse(&s, cut, sizeof cut, &opts0, &f), KILN_ETRUNCATED);
+
+    free(h.p), free(h2.p), free(h3.p), free(h4.p);
+    kiln_frame_state_fini(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pass_through_and_header),
+        cmocka_unit_test(test_fragments_interleaved),
+        cmocka_unit_test(test_fragment_protocol_errors),
+        cmocka_unit_test(test_fragment_limits),
+        cmocka_unit_test(test_atom_cache),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
