@@ -223,8 +223,9 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     /* The node's name first (creation follows from EPMD): every pid and
      * ref made from now on carries it. */
     uint32_t creation = 0;
+    n->embedded_epmd = !cfg->no_embedded_epmd;
     rc = kiln_epmd_register(n, &creation);
-    if (rc == KILN_ESYS && !cfg->no_embedded_epmd)
+    if (rc == KILN_ESYS && n->embedded_epmd)
         rc = kiln_epmd_serve(n, &creation);
     if (rc != KILN_OK)
         goto fail;
@@ -295,6 +296,13 @@ int kiln_node_stop(kiln_node *n)
     kill_proc(rt, n->rex);
     kill_proc(rt, n->global);
     kill_proc(rt, n->epmd_holder);
+    /* The holder may be taking over EPMD (epmd_client.c): it must be gone
+     * before the server it may have started is stopped. */
+    for (int t = 0; t < 5000 && n->epmd_holder && !kiln_is_none(n->epmd_holder) && kiln_is_alive(rt, n->epmd_holder);
+         t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     kiln_epmd_serve_stop(n);
     if (kiln_rt_dist(rt, NULL) == &kiln_node_dist_ops) {
         kiln_rt_set_dist(rt, NULL, NULL);

@@ -80,7 +80,8 @@ struct kiln_node {
     kiln_term acceptor, epmd_holder, net_kernel, rex, global;
 
     /* embedded EPMD, when this node serves it */
-    bool serves_epmd;
+    _Atomic bool serves_epmd;       /* changes on takeover: read by any thread */
+    bool embedded_epmd;             /* allowed to serve (start or takeover) */
     int epmd_lfd;
     kiln_term epmd_acceptor;
     pthread_mutex_t epmd_lock;

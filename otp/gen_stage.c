@@ -871,8 +871,9 @@ static void consumer_subscribe(struct stage *s, kiln_term current, kiln_term to,
     kiln_msg_set_term(m, msg);
     kiln_send(pid, m);
 
-    kiln_stage_ret r = s->cb->handle_subscribe ? s->cb->handle_subscribe(s->state, KILN_STAGE_PRODUCER, sub->opts, sub->from)
-                                               : kiln_stage_automatic();
+    kiln_stage_ret r = s->cb->handle_subscribe
+                           ? s->cb->handle_subscribe(s->state, KILN_STAGE_PRODUCER, sub->opts, sub->from)
+                           : kiln_stage_automatic();
     if (r.action == KILN_STAGE_NOREPLY || r.action == KILN_STAGE_MANUAL) {
         sub->manual = r.action == KILN_STAGE_MANUAL;
         if (!sub->manual) {

@@ -96,9 +96,21 @@ static void start_node(bool hidden)
     assert_int_equal(kiln_spawn(g_rt, &cserver_beh, NULL, &o, NULL), KILN_OK);
 }
 
+/* More Kiln nodes in this OS process, each on its own runtime. */
+static kiln_rt *g_more_rt[2];
+static kiln_node *g_more[2];
+
 static int node_teardown(void **state)
 {
     teardown(state); /* erl nodes first: they were our clients */
+    for (int i = 0; i < 2; i++) {
+        if (g_more[i])
+            kiln_node_stop(g_more[i]);
+        if (g_more_rt[i])
+            kiln_rt_stop(g_more_rt[i]);
+        g_more[i] = NULL;
+        g_more_rt[i] = NULL;
+    }
     if (g_node)
         kiln_node_stop(g_node);
     if (g_rt)
@@ -772,6 +784,46 @@ static void test_bad_input(void **state)
     eval_expect(e, expr, "pong");
 }
 
+/* The node serving EPMD stops: one of the Kiln nodes left takes over the
+ * port, the other registers with it, and an erl started afterwards finds
+ * both through it. */
+static void test_epmd_takeover(void **state)
+{
+    (void)state;
+    start_node(false);
+    const char *names[2] = {"kilnb", "kilnc"};
+    for (int i = 0; i < 2; i++) {
+        g_more_rt[i] = kiln_test_rt(1, NULL);
+        kiln_node_config c = {.name = names[i], .cookie = COOKIE, .epmd_port = g_epmd};
+        assert_int_equal(kiln_node_start(g_more_rt[i], &c, &g_more[i]), KILN_OK);
+        assert_false(kiln_node_serves_epmd(g_more[i]));
+    }
+    kiln_node_stop(g_node);
+    kiln_rt_stop(g_rt);
+    g_node = NULL;
+    g_rt = NULL;
+
+    long end = now_ms() + 10000;
+    while (!kiln_node_serves_epmd(g_more[0]) && !kiln_node_serves_epmd(g_more[1]) && now_ms() < end)
+        usleep(10000);
+    int serving = kiln_node_serves_epmd(g_more[0]) + kiln_node_serves_epmd(g_more[1]);
+    assert_int_equal(serving, 1);
+
+    struct erl_node *e = erl_start("ttake", g_epmd);
+    char expr[256];
+    /* The other node's ALIVE2 may still be a few retries away. */
+    snprintf(expr, sizeof expr,
+             "lists:sort([N || {N, _} <- element(2, net_adm:names()), lists:prefix(\"kiln\", N)]).");
+    erl_await(e, expr, "[\"kilnb\",\"kilnc\"]", 10000);
+    for (int i = 0; i < 2; i++) {
+        snprintf(expr, sizeof expr, "net_adm:ping('%s@%s').", names[i], g_host);
+        eval_expect(e, expr, "pong");
+    }
+    /* Still serving after erl is gone; the other stays registered. */
+    erl_stop(e);
+    assert_int_equal(kiln_node_serves_epmd(g_more[0]) + kiln_node_serves_epmd(g_more[1]), 1);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -791,6 +843,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_many_and_big, node_teardown),
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
         cmocka_unit_test_teardown(test_monitor_node, node_teardown),
+        cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];
