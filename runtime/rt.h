@@ -140,6 +140,7 @@ struct kiln_worker {
     enum kiln_verdict verdict;
     bool spinning;
     uint32_t tick;
+    uint32_t next_streak;             /* runnext picks in a row */
     uint64_t rng;
     _Atomic uint32_t parked;          /* futex word: 1 while asleep */
     struct kiln_worker *idle_next;

@@ -14,6 +14,8 @@
 struct kiln_proc;
 
 #define KILN_RUNQ_SIZE 256u
+/* runnext picks in a row before the local queue gets a turn. */
+#define KILN_RUNNEXT_STREAK 32u
 
 struct kiln_runq {
     _Alignas(KILN_CACHELINE) _Atomic uint32_t head; /* consumers (owner and thieves) */

@@ -334,9 +334,19 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
          * each other from starving everything queued there. */
         if (++w->tick % 61 == 0 && (p = gq_pop(rt, w)))
             return found(w, p);
-        if ((p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
+        /* runnext keeps a request/reply pair on one core, but a pair that
+         * wakes each other forever would hold it for good: after a run of
+         * runnext picks the local queue gets a turn (Go caps the same
+         * chain with a shared time slice). */
+        bool fair = w->next_streak >= KILN_RUNNEXT_STREAK;
+        if (!fair && (p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel))) {
+            w->next_streak++;
             return found(w, p);
+        }
+        w->next_streak = 0;
         if ((p = kiln_runq_pop(&w->runq)))
+            return found(w, p);
+        if (fair && (p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
             return found(w, p);
         if ((p = gq_pop(rt, w)))
             return found(w, p);

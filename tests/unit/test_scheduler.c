@@ -112,6 +112,54 @@ static void test_flooding_process_does_not_starve_others(void **state)
     free(v);
 }
 
+/* Two processes that wake each other pass the worker back and forth
+ * through runnext; a process they woke earlier waits in the local queue
+ * and must still get its turn. */
+struct rally {
+    kiln_term a, b, v;
+    _Atomic long hits;
+    _Atomic int stop;
+};
+static kiln_action rally_handle(void *state, kiln_msg *m)
+{
+    struct rally *r = state;
+    (void)m;
+    if (atomic_load(&r->stop))
+        return KILN_CONTINUE;
+    long n = atomic_fetch_add(&r->hits, 1);
+    /* The victim goes into runnext first, then the partner displaces it
+     * into the local run queue. */
+    if (n % 1000 == 0)
+        kiln_send(r->v, kiln_test_msg("ping"));
+    kiln_send(kiln_self() == r->a ? r->b : r->a, kiln_test_msg("ball"));
+    return KILN_CONTINUE;
+}
+static int rally_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+static const kiln_behaviour rally_beh = {"rally", rally_init, rally_handle, NULL};
+
+static void test_runnext_pair_does_not_starve_local_queue(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(1, NULL);
+    struct rally *r = calloc(1, sizeof(*r));
+    struct pong *v = calloc(1, sizeof(*v));
+    assert_int_equal(kiln_spawn(rt, &pong_beh, v, NULL, &r->v), KILN_OK);
+    assert_int_equal(kiln_spawn(rt, &rally_beh, r, NULL, &r->a), KILN_OK);
+    assert_int_equal(kiln_spawn(rt, &rally_beh, r, NULL, &r->b), KILN_OK);
+    kiln_rt_send(rt, r->a, kiln_test_msg("ball"));
+    assert_true(kiln_test_wait_count(&r->hits, 200000, 10000));
+    /* Every 1000th hit sent the victim a ping; it must have run. */
+    assert_true(kiln_test_wait_count(&v->handled, 50, 10000));
+    atomic_store(&r->stop, 1);
+    kiln_rt_stop(rt);
+    free(r);
+    free(v);
+}
+
 /* ---- long schedule ---- */
 
 struct longsched {
@@ -271,6 +319,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_runtime_uses_no_cpu),
         cmocka_unit_test(test_flooding_process_does_not_starve_others),
+        cmocka_unit_test(test_runnext_pair_does_not_starve_local_queue),
         cmocka_unit_test(test_long_handler_is_reported_with_pid),
         cmocka_unit_test(test_work_spreads_over_workers),
         cmocka_unit_test(test_stop_with_processes_in_every_state),
