@@ -196,13 +196,18 @@ bool erl_result(struct erl_node *n, char *out, size_t cap, int ms)
     return false;
 }
 
-void erl_eval(struct erl_node *n, const char *expr, char *out, size_t cap)
+void erl_eval_within(struct erl_node *n, const char *expr, char *out, size_t cap, int ms)
 {
     char cmd[4096];
     int k = snprintf(cmd, sizeof cmd, "%s\n", expr);
     write_all(n->in, cmd, (size_t)k);
-    if (!erl_result(n, out, cap, 10000))
-        fail_msg("erl did not answer `%s`; its output so far:\n%s", expr, n->log ? n->log : "");
+    if (!erl_result(n, out, cap, ms))
+        fail_msg("erl did not answer `%s` within %d ms; its output so far:\n%s", expr, ms, n->log ? n->log : "");
+}
+
+void erl_eval(struct erl_node *n, const char *expr, char *out, size_t cap)
+{
+    erl_eval_within(n, expr, out, cap, 10000);
 }
 
 struct erl_node *erl_start(const char *sname, uint16_t epmd_port)

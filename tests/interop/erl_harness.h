@@ -40,6 +40,9 @@ void log_append(struct erl_node *n, const char *line, size_t len);
 bool erl_line(struct erl_node *n, char *line, size_t cap, long deadline);
 bool erl_result(struct erl_node *n, char *out, size_t cap, int ms);
 void erl_eval(struct erl_node *n, const char *expr, char *out, size_t cap);
+/* The same with its own limit, for work that is slow under sanitizers
+ * (the 100 MB binaries); erl_eval waits 10 s. */
+void erl_eval_within(struct erl_node *n, const char *expr, char *out, size_t cap, int ms);
 struct erl_node *erl_start(const char *sname, uint16_t epmd_port);
 void erl_stop(struct erl_node *n);
 void epmd_kill(uint16_t port);
