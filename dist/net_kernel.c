@@ -2,9 +2,8 @@
  *  - net_kernel answers {is_auth, Node} with yes, which is what
  *    net_adm:ping needs for pong;
  *  - on a visible node, rex answers features_request (OTP's rpc asks on
- *    connect) and global_name_server takes global's casts. Kiln does not
- *    implement global's locker protocol, so global:sync() on a peer waits
- *    for a visible Kiln node (docs/dist.md); hidden nodes are unaffected. */
+ *    connect) and global_name_server (global.c) takes part in global's
+ *    sync with each peer; hidden nodes get neither. */
 #include <string.h>
 
 #include "dist/node_internal.h"
@@ -47,16 +46,8 @@ static kiln_action rex_handle(void *state, kiln_msg *msg)
     return KILN_CONTINUE;
 }
 
-static kiln_action swallow(void *state, kiln_msg *msg)
-{
-    (void)state;
-    (void)msg;
-    return KILN_CONTINUE;
-}
-
 static const kiln_behaviour net_kernel_beh = {"net_kernel", keep_node, net_kernel_handle, NULL};
 static const kiln_behaviour rex_beh = {"rex", keep_node, rex_handle, NULL};
-static const kiln_behaviour global_beh = {"global_name_server", keep_node, swallow, NULL};
 
 int kiln_net_kernel_start(kiln_node *n)
 {
@@ -67,6 +58,5 @@ int kiln_net_kernel_start(kiln_node *n)
     o.register_as = "rex";
     if ((rc = kiln_spawn(n->rt, &rex_beh, n, &o, &n->rex)) != KILN_OK)
         return rc;
-    o.register_as = "global_name_server";
-    return kiln_spawn(n->rt, &global_beh, n, &o, &n->global);
+    return kiln_global_start(n);
 }

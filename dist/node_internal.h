@@ -1,6 +1,6 @@
 /* Inside a distributed node: the node, its connections, and the functions
  * its files share (node.c, conn.c, ctrl_out.c, ctrl_in.c, epmd_client.c,
- * epmd_server.c, net_kernel.c). */
+ * epmd_server.c, net_kernel.c, global.c). */
 #ifndef KILN_DIST_NODE_INTERNAL_H
 #define KILN_DIST_NODE_INTERNAL_H
 
@@ -157,9 +157,14 @@ int kiln_epmd_serve(kiln_node *n, uint32_t *creation);
 void kiln_epmd_serve_stop(kiln_node *n);
 
 /* ---- net_kernel.c ---- */
-/* net_kernel (answers ping), and for visible nodes rex and
- * global_name_server, which OTP talks to on connect. */
+/* net_kernel (answers ping), and for visible nodes rex and (through
+ * kiln_global_start) global_name_server, which OTP talks to on connect. */
 int kiln_net_kernel_start(kiln_node *n);
+
+/* ---- global.c ---- */
+/* global_name_server for a visible node: answers OTP's global sync
+ * (protocol version 8) so peers count this node as synced. */
+int kiln_global_start(kiln_node *n);
 
 /* ---- sync with a foreign thread ---- */
 struct kiln_waitbox {

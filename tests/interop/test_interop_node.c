@@ -569,6 +569,77 @@ static void test_peer_restarts(void **state)
     free(s);
 }
 
+/* ---- global ---- */
+
+/* global:sync() on erl, in a spawned process: {ok,true} when it returned
+ * ok in under 5 s, timeout when it still hangs after 8 s. */
+#define GLOBAL_SYNC                                                                                              \
+    "Self = self(), T0 = erlang:monotonic_time(millisecond), "                                                  \
+    "spawn(fun() -> Self ! {s, global:sync()} end), "                                                            \
+    "receive {s, S} -> {S, erlang:monotonic_time(millisecond) - T0 < 5000} after 8000 -> timeout end."
+
+/* Nothing in erl's own reports (errors, warnings, and with the level
+ * lowered, global's info notes) about its dealings with us. */
+static void assert_quiet_log(struct erl_node *e)
+{
+    char res[256];
+    erl_eval(e, "ok.", res, sizeof res); /* pulls in pending log lines */
+    const char *log = e->log ? e->log : "";
+    if (strstr(log, "REPORT") || strstr(log, "global") || strstr(log, g_kiln))
+        fail_msg("erl %s logged:\n%s", e->sname, log);
+}
+
+static void test_global_sync(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tglob");
+    eval_expect(e, "logger:set_primary_config(level, info), "
+                    "logger:add_primary_filter(noprog, {fun logger_filters:progress/2, stop}).", "ok");
+    char expr[1024];
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e, expr, "pong");
+    /* With a visible Kiln node connected, sync returns, and quickly. */
+    eval_expect(e, GLOBAL_SYNC, "{ok,true}");
+    /* The Kiln node now counts as synced: registration goes through it. */
+    eval_expect(e, "{global:register_name(gx, self()), global:whereis_name(gx) =:= self()}.", "{yes,true}");
+    eval_expect(e, "lists:member(gx, global:registered_names()).", "true");
+    eval_expect(e, GLOBAL_SYNC, "{ok,true}");
+
+    /* A second erl that only meets the first learns of us through it (its
+     * global connects to us and sends in_sync), syncs, and sees the name. */
+    struct erl_node *e2 = erl_with_t("tglob2");
+    eval_expect(e2, "logger:set_primary_config(level, info), "
+                    "logger:add_primary_filter(noprog, {fun logger_filters:progress/2, stop}).", "ok");
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", e->full);
+    eval_expect(e2, expr, "pong");
+    eval_expect(e2, GLOBAL_SYNC, "{ok,true}");
+    /* global connects it to us in the background, then sync covers us. */
+    snprintf(expr, sizeof expr, "lists:member('%s', nodes()) andalso lists:member('%s', nodes()).", g_kiln, e->full);
+    erl_await(e2, expr, "true", 10000);
+    eval_expect(e2, GLOBAL_SYNC, "{ok,true}");
+    snprintf(expr, sizeof expr, "node(global:whereis_name(gx)) =:= '%s'.", e->full);
+    eval_expect(e2, expr, "true");
+    /* And the other way: a name registered on the second is seen on the first. */
+    eval_expect(e2, "global:register_name(gy, self()).", "yes");
+    snprintf(expr, sizeof expr, "node(global:whereis_name(gy)) =:= '%s'.", e2->full);
+    eval_expect(e, expr, "true");
+    eval_expect(e, GLOBAL_SYNC, "{ok,true}");
+    eval_expect(e2, "global:unregister_name(gy), global:whereis_name(gy).", "undefined");
+    /* A third erl that connects to us first also syncs with both. */
+    struct erl_node *e3 = erl_with_t("tglob3");
+    eval_expect(e3, "logger:set_primary_config(level, info), "
+                    "logger:add_primary_filter(noprog, {fun logger_filters:progress/2, stop}).", "ok");
+    snprintf(expr, sizeof expr, "{net_adm:ping('%s'), net_adm:ping('%s')}.", g_kiln, e2->full);
+    eval_expect(e3, expr, "{pong,pong}");
+    eval_expect(e3, GLOBAL_SYNC, "{ok,true}");
+    snprintf(expr, sizeof expr, "node(global:whereis_name(gx)) =:= '%s'.", e->full);
+    eval_expect(e3, expr, "true");
+    assert_quiet_log(e);
+    assert_quiet_log(e2);
+    assert_quiet_log(e3);
+}
+
 /* ---- node monitoring ---- */
 
 struct nodemon {
@@ -850,6 +921,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
         cmocka_unit_test_teardown(test_monitor_node, node_teardown),
         cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
+        cmocka_unit_test_teardown(test_global_sync, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];
