@@ -589,7 +589,18 @@ void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon)
     if (!dm)
         return;
     dm->from = p->pid;
-    dm->aux = kiln_ref_term(dm, rt, mon->ref, KILN_NONE);
+    /* The DEMONITOR must carry the very reference the MONITOR did: a
+     * call's monitor reference is also its reply alias (call.c), which
+     * adds words, and a remote node matches references whole. */
+    kiln_term alias = KILN_NONE;
+    const struct kiln_proc_ext *e = p->ext;
+    const uint64_t *a = e ? e->aliases.items : NULL;
+    for (uint32_t i = 0; e && i < e->aliases.len; i++)
+        if ((a[i] & ~(1ull << 63)) == mon->ref) {
+            alias = p->pid;
+            break;
+        }
+    dm->aux = kiln_ref_term(dm, rt, mon->ref, alias);
     if (kiln_is_local_pid(mon->pid)) {
         kiln_send_signal(rt, mon->pid, dm);
         return;

@@ -901,6 +901,56 @@ static void test_epmd_takeover(void **state)
     assert_int_equal(kiln_node_serves_epmd(g_more[0]) + kiln_node_serves_epmd(g_more[1]), 1);
 }
 
+/* Kiln calls Kiln across the wire: every call's monitor is dropped on the
+ * server again (the DEMONITOR names the call's alias reference exactly). */
+struct k2k {
+    char target[128];
+    int calls, pongs;
+    _Atomic int done;
+};
+
+static void k2k_caller(void *arg)
+{
+    struct k2k *c = arg;
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_term dest = kiln_tuple(to, 2, kiln_atom_c("cserver"), kiln_atom_c(c->target));
+    for (int i = 0; i < c->calls; i++) {
+        kiln_msg *reply = NULL;
+        if (kiln_call(dest, kiln_test_msg("ping"), 5000, &reply, NULL) == KILN_OK &&
+            kiln_msg_term(reply) == kiln_atom_c("pong"))
+            c->pongs++;
+        kiln_msg_free(reply);
+    }
+    kiln_msg_free(to);
+    atomic_store(&c->done, 1);
+}
+
+static void test_kiln_to_kiln_calls(void **state)
+{
+    (void)state;
+    start_node(false);
+    g_more_rt[0] = kiln_test_rt(1, NULL);
+    kiln_node_config c = {.name = "kilnb", .cookie = COOKIE, .epmd_port = g_epmd};
+    assert_int_equal(kiln_node_start(g_more_rt[0], &c, &g_more[0]), KILN_OK);
+    struct k2k *k = calloc(1, sizeof(*k));
+    snprintf(k->target, sizeof k->target, "%s", g_kiln);
+    k->calls = 300;
+    assert_int_equal(kiln_spawn_fn(g_more_rt[0], k2k_caller, k, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&k->done, 30000));
+    assert_int_equal(k->pongs, 300);
+    kiln_term srv = kiln_whereis(g_rt, kiln_atom_c("cserver"));
+    kiln_proc_info info = {0};
+    long end = now_ms() + 5000;
+    do {
+        assert_int_equal(kiln_process_info(g_rt, srv, &info), KILN_OK);
+        if (info.monitored_by == 0)
+            break;
+        usleep(10000);
+    } while (now_ms() < end);
+    assert_int_equal(info.monitored_by, 0);
+    free(k);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -921,6 +971,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
         cmocka_unit_test_teardown(test_monitor_node, node_teardown),
         cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
+        cmocka_unit_test_teardown(test_kiln_to_kiln_calls, node_teardown),
         cmocka_unit_test_teardown(test_global_sync, node_teardown),
     };
     if (argc > 1) {
