@@ -2,6 +2,8 @@
  * perf/erlang/perf_bench.erl, driven by perf/run.
  *
  *   kiln_bench SCENARIO [--quick] [--reps N] [--workers N]
+ *   kiln_bench SCENARIO_remote ... --node NAME --peer NODE [--cookie C]
+ *   kiln_bench --serve NAME [--cookie C] [--workers N]
  *   kiln_bench --list
  *
  * prints one line per timed repetition, which perf/run parses:
@@ -9,7 +11,9 @@
  *   RESULT <scenario> <unit> <value>
  *
  * and "INFO <scenario> <text>" lines for humans. On failure: an "ERROR"
- * line on stderr and exit status 1.
+ * line on stderr and exit status 1. --serve makes this program a server
+ * node for the *_remote scenarios of either language (see "distribution"
+ * below); it prints "READY <node>" and runs until killed.
  *
  * Both halves follow the same recipe so their numbers compare: the same
  * request terms, the same process topology, the clock started and stopped
@@ -18,8 +22,11 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -28,6 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +61,9 @@ static struct {
     int reps;
     unsigned workers;
     kiln_rt *rt;
+    /* Distribution (the *_remote scenarios and --serve). */
+    const char *node_name, *peer, *cookie;
+    kiln_node *node;
 } g = {.reps = 3};
 
 /* ---- helpers ---- */
@@ -201,6 +213,7 @@ struct call_spec {
     enum req_kind kind;
     kiln_bin *bin;   /* REQ_BINARY: one 1 MB blob every request shares */
     kiln_term atom;  /* REQ_ATOM */
+    bool gen_server; /* call through kiln_gs_call rather than kiln_call */
 };
 
 /* The request is built afresh in each call's message, as Erlang builds (or
@@ -228,7 +241,8 @@ static void call_n(kiln_term server, const struct call_spec *spec, uint64_t n)
             die("make_request", KILN_ENOMEM);
         kiln_msg_set_term(req, t);
         kiln_msg *reply = NULL;
-        int rc = kiln_call(server, req, -1, &reply, NULL);
+        int rc = spec->gen_server ? kiln_gs_call(NULL, server, req, -1, &reply, NULL)
+                                  : kiln_call(server, req, -1, &reply, NULL);
         if (rc != KILN_OK)
             die("kiln_call", rc);
         kiln_msg_free(reply);
@@ -258,6 +272,7 @@ static void check_echo(kiln_term server, const struct call_spec *spec)
 struct seq_ctx {
     kiln_term server;
     struct call_spec spec;
+    uint64_t min_calls;
     uint64_t n;
     double ns_per_call[MAX_REPS];
     sem_t done;
@@ -276,25 +291,29 @@ static void seq_client(void *arg)
 {
     struct seq_ctx *c = arg;
     check_echo(c->server, &c->spec);
-    c->n = calibrate(seq_run, c, 1000, 100000000);
+    c->n = calibrate(seq_run, c, c->min_calls, 100000000);
     for (int r = 0; r < g.reps; r++)
         c->ns_per_call[r] = (double)seq_run(c, c->n) / (double)c->n;
     sem_post(&c->done);
 }
 
-static void bench_call_seq(const char *name, enum req_kind kind)
+/* server: KILN_NONE for a new local echo server. min_calls: the first probe
+ * run, small for remote servers (a 1 MiB call over TCP takes milliseconds). */
+static void bench_call_seq(const char *name, enum req_kind kind, kiln_term server,
+                           uint64_t min_calls)
 {
     static struct seq_ctx c; /* static: the client's stack is small */
     memset(&c, 0, sizeof c);
     sem_init(&c.done, 0, 0);
     c.spec.kind = kind;
+    c.min_calls = min_calls;
     if (kind == REQ_BINARY) {
         c.spec.bin = kiln_bin_alloc(BINARY_SIZE);
         if (!c.spec.bin)
             die("kiln_bin_alloc", KILN_ENOMEM);
         memset(kiln_bin_data(c.spec.bin), 0, BINARY_SIZE);
     }
-    c.server = spawn_echo();
+    c.server = kiln_is_none(server) ? spawn_echo() : server;
     kiln_term client;
     int rc = kiln_spawn_fn(g.rt, seq_client, &c, NULL, &client);
     if (rc != KILN_OK)
@@ -352,7 +371,8 @@ static uint64_t par_run(void *arg, uint64_t n)
     return now_ns() - t0;
 }
 
-static void bench_call_par(const char *name)
+/* servers: PAR_PAIRS remote echo servers, or NULL for new local ones. */
+static void bench_call_par(const char *name, const kiln_term *servers)
 {
     static struct par_ctx c;
     static struct par_client_arg args[PAR_PAIRS];
@@ -361,7 +381,7 @@ static void bench_call_par(const char *name)
     c.spec.kind = REQ_ATOM;
     c.spec.atom = kiln_atom_c("ping");
     for (int i = 0; i < PAR_PAIRS; i++) {
-        c.servers[i] = spawn_echo();
+        c.servers[i] = servers ? servers[i] : spawn_echo();
         args[i] = (struct par_client_arg){.ctx = &c, .server = c.servers[i]};
         int rc = kiln_spawn_fn(g.rt, par_client, &args[i], NULL, &c.clients[i]);
         if (rc != KILN_OK)
@@ -984,18 +1004,539 @@ static void bench_etf_decode(const char *name)
     etf_free_corpus(&c);
 }
 
+/* ---- gen_server_call_local: the same echo as a kiln_gen_server ----
+ *
+ * Called with kiln_gs_call (gen_server:call). Each repetition also times
+ * the bare behaviour echo of call_seq_local_number with the same number of
+ * calls, right after, so perf/run can show what the gen_server layer costs
+ * over a bare kiln_call without comparing two separate runs. */
+
+static kiln_gs_ret gs_echo_init(void *arg, void **state)
+{
+    *state = arg;
+    return kiln_gs_ok();
+}
+
+/* handle_call(Req, _From, S) -> {reply, Req, S}: kiln_gs_reply copies it. */
+static kiln_gs_ret gs_echo_call(void *state, kiln_term request, kiln_term from)
+{
+    (void)state;
+    (void)from;
+    return kiln_gs_reply(request);
+}
+
+static const kiln_gen_server gs_echo = {
+    .name = "perf_gs_echo", .init = gs_echo_init, .handle_call = gs_echo_call};
+
+static kiln_term start_gs_echo(void)
+{
+    kiln_term pid;
+    int rc = kiln_gs_start(g.rt, &gs_echo, NULL, NULL, &pid, NULL);
+    if (rc != KILN_OK)
+        die("kiln_gs_start(echo)", rc);
+    return pid;
+}
+
+struct gsl_ctx {
+    struct seq_ctx gs, bare;
+    double gs_ns[MAX_REPS], bare_ns[MAX_REPS];
+    sem_t done;
+};
+
+static void gsl_client(void *arg)
+{
+    struct gsl_ctx *c = arg;
+    check_echo(c->gs.server, &c->gs.spec);
+    check_echo(c->bare.server, &c->bare.spec);
+    c->gs.n = calibrate(seq_run, &c->gs, 1000, 100000000);
+    seq_run(&c->bare, c->gs.n); /* the bare path's warm-up */
+    for (int r = 0; r < g.reps; r++) {
+        c->gs_ns[r] = (double)seq_run(&c->gs, c->gs.n) / (double)c->gs.n;
+        c->bare_ns[r] = (double)seq_run(&c->bare, c->gs.n) / (double)c->gs.n;
+    }
+    sem_post(&c->done);
+}
+
+static void bench_gs_local(const char *name)
+{
+    static struct gsl_ctx c;
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    c.gs.spec = (struct call_spec){.kind = REQ_NUMBER, .gen_server = true};
+    c.bare.spec = (struct call_spec){.kind = REQ_NUMBER};
+    c.gs.server = start_gs_echo();
+    c.bare.server = spawn_echo();
+    kiln_term client;
+    int rc = kiln_spawn_fn(g.rt, gsl_client, &c, NULL, &client);
+    if (rc != KILN_OK)
+        die("kiln_spawn_fn(client)", rc);
+    wait_sem(&c.done);
+    info(name, "calls_per_run=%" PRIu64, c.gs.n);
+    for (int r = 0; r < g.reps; r++) {
+        report(name, "ns/call", c.gs_ns[r]);
+        /* perf/run reads these for the gen_server-over-kiln_call overhead. */
+        info(name, "rep=%d bare_kiln_call_ns=%.3f", r + 1, c.bare_ns[r]);
+    }
+    sem_destroy(&c.done);
+}
+
+/* ---- tcp_pingpong: the floor under a remote call ----
+ *
+ * A 64-byte message to an echo in another OS process over loopback TCP and
+ * back (TCP_NODELAY on both ends, blocking reads and writes): what a remote
+ * call could cost if distribution added nothing to the two trips through
+ * the kernel. A forked child echoes, so the round trip crosses processes
+ * as a call between two nodes does. */
+
+#define TCP_MSG 64
+
+static void write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            die("tcp write", KILN_ESYS);
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* false on EOF before anything was read. */
+static bool read_all(int fd, uint8_t *p, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0 && got == 0)
+            return false;
+        if (r <= 0)
+            die("tcp read", KILN_ESYS);
+        got += (size_t)r;
+    }
+    return true;
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
+        die("setsockopt(TCP_NODELAY)", KILN_ESYS);
+}
+
+/* The forked child: only system calls and _exit, as a child of a process
+ * with threads (the runtime's workers) may safely do. */
+static _Noreturn void tcp_echo_child(int lfd)
+{
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+        _exit(1);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    uint8_t buf[TCP_MSG];
+    for (;;) {
+        size_t got = 0;
+        while (got < TCP_MSG) {
+            ssize_t r = read(fd, buf + got, TCP_MSG - got);
+            if (r == 0)
+                _exit(0);
+            if (r < 0 && errno != EINTR)
+                _exit(1);
+            if (r > 0)
+                got += (size_t)r;
+        }
+        size_t put = 0;
+        while (put < TCP_MSG) {
+            ssize_t w = write(fd, buf + put, TCP_MSG - put);
+            if (w < 0 && errno != EINTR)
+                _exit(1);
+            if (w > 0)
+                put += (size_t)w;
+        }
+    }
+}
+
+static uint64_t tcp_run(void *arg, uint64_t n)
+{
+    int fd = *(int *)arg;
+    uint8_t msg[TCP_MSG], back[TCP_MSG];
+    memset(msg, 1, sizeof msg);
+    uint64_t t0 = now_ns();
+    for (uint64_t i = 0; i < n; i++) {
+        write_all(fd, msg, sizeof msg);
+        if (!read_all(fd, back, sizeof back))
+            die("tcp echo closed the connection", KILN_ESYS);
+    }
+    return now_ns() - t0;
+}
+
+static void bench_tcp(const char *name)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (lfd < 0)
+        die("socket", KILN_ESYS);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 1) != 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &alen) != 0)
+        die("bind/listen", KILN_ESYS);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0)
+        die("fork", KILN_ESYS);
+    if (child == 0)
+        tcp_echo_child(lfd);
+    close(lfd);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        die("connect", KILN_ESYS);
+    set_nodelay(fd);
+    uint64_t n = calibrate(tcp_run, &fd, 1000, 100000000);
+    info(name, "message_bytes=%d round_trips_per_run=%" PRIu64, TCP_MSG, n);
+    for (int r = 0; r < g.reps; r++)
+        report(name, "ns/rt", (double)tcp_run(&fd, n) / (double)n);
+    close(fd);
+    int status;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+}
+
+/* ---- distribution: the server node (--serve) and the *_remote clients ----
+ *
+ * A server node runs, for whatever client connects:
+ *   echo       the bare echo behaviour of the call_seq scenarios
+ *   par        PAR_PAIRS more echoes, for call_par_remote
+ *   receivers  two one-way receivers (below)
+ *   gs         the kiln_gen_server echo
+ * and a process registered as perf_ctl that answers {hello, From} with
+ * {servers, Echo, [Par], [Receivers], Gs}. perf_bench.erl's serve/1 runs
+ * the same set on an Erlang node, so a client of either language can use a
+ * server of either language. */
+
+#define REMOTE_RECEIVERS 2
+/* Across a socket the sender's lead over its receiver is bounded by the
+ * connection's buffers (or not at all): a lower cap than local. */
+#define ONEWAY_REMOTE_MAX 5000000u
+
+static void start_node(const char *name)
+{
+    kiln_node_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = name;
+    cfg.cookie = g.cookie;
+    /* perf/run starts a private EPMD and names it in ERL_EPMD_PORT; not
+     * finding it is an error, not a reason to become one. */
+    cfg.no_embedded_epmd = true;
+    int rc = kiln_node_start(g.rt, &cfg, &g.node);
+    if (rc != KILN_OK)
+        die("kiln_node_start", rc);
+}
+
+static void stop_node(void)
+{
+    int rc = kiln_node_stop(g.node);
+    if (rc != KILN_OK)
+        die("kiln_node_stop", rc);
+    g.node = NULL;
+}
+
+/* {Tag, self()} to `to`. */
+static void send_tagged(kiln_term to, const char *tag)
+{
+    kiln_msg *m = kiln_msg_new(64);
+    if (!m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term t = kiln_build(m, "{~a,~p}", tag, kiln_self());
+    if (kiln_is_none(t))
+        die("kiln_build", KILN_ENOMEM);
+    kiln_msg_set_term(m, t);
+    int rc = kiln_send(to, m);
+    if (rc != KILN_OK)
+        die("kiln_send", rc);
+}
+
+/* A one-way receiver for remote senders, which cannot share a semaphore:
+ * {expect, N, From} answers {ready, self()}, then after N more messages of
+ * any kind it sends {done, self()} to From (perf_bench.erl's
+ * remote_receiver/0 does the same). */
+struct rrecv {
+    kiln_msg *expect; /* holds notify */
+    kiln_term notify;
+    uint64_t count, target;
+};
+
+static int rrecv_init(void *arg, void **state)
+{
+    (void)arg;
+    struct rrecv *r = calloc(1, sizeof *r);
+    if (!r)
+        return KILN_ENOMEM;
+    r->target = UINT64_MAX;
+    *state = r;
+    return KILN_OK;
+}
+
+static kiln_action rrecv_handle(void *state, kiln_msg *msg)
+{
+    struct rrecv *r = state;
+    int64_t n;
+    kiln_term from;
+    if (kiln_match(kiln_msg_term(msg), "{expect,~i,~p}", &n, &from) == KILN_OK) {
+        kiln_msg_free(r->expect);
+        r->expect = kiln_msg_take(msg);
+        r->notify = from;
+        r->count = 0;
+        r->target = (uint64_t)n;
+        send_tagged(from, "ready");
+    } else if (++r->count == r->target) {
+        send_tagged(r->notify, "done");
+    }
+    return KILN_CONTINUE;
+}
+
+static void rrecv_terminate(void *state, kiln_term reason)
+{
+    (void)reason;
+    struct rrecv *r = state;
+    kiln_msg_free(r->expect);
+    free(r);
+}
+
+static const kiln_behaviour rrecv_behaviour = {.name = "perf_remote_receiver",
+                                               .init = rrecv_init,
+                                               .handle = rrecv_handle,
+                                               .terminate = rrecv_terminate};
+
+struct serve_ctx {
+    kiln_term echo, gs, par[PAR_PAIRS], recv[REMOTE_RECEIVERS];
+};
+
+static int ctl_init(void *arg, void **state)
+{
+    *state = arg;
+    return KILN_OK;
+}
+
+static kiln_action ctl_handle(void *state, kiln_msg *msg)
+{
+    const struct serve_ctx *s = state;
+    kiln_term from;
+    if (kiln_match(kiln_msg_term(msg), "{hello,~p}", &from) != KILN_OK)
+        return KILN_CONTINUE;
+    kiln_msg *m = kiln_msg_new(1024);
+    if (!m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term t = kiln_tuple(m, 5, kiln_atom_c("servers"), s->echo,
+                             kiln_list_v(m, PAR_PAIRS, s->par, KILN_NIL),
+                             kiln_list_v(m, REMOTE_RECEIVERS, s->recv, KILN_NIL), s->gs);
+    if (kiln_is_none(t))
+        die("building the servers reply", KILN_ENOMEM);
+    kiln_msg_set_term(m, t);
+    int rc = kiln_send(from, m);
+    if (rc != KILN_OK)
+        die("kiln_send", rc);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour ctl_behaviour = {
+    .name = "perf_ctl", .init = ctl_init, .handle = ctl_handle};
+
+/* Runs until killed: perf/run ends the server with SIGTERM. */
+static void serve(void)
+{
+    static struct serve_ctx s;
+    start_rt();
+    start_node(g.node_name);
+    s.echo = spawn_echo();
+    for (int i = 0; i < PAR_PAIRS; i++)
+        s.par[i] = spawn_echo();
+    for (int i = 0; i < REMOTE_RECEIVERS; i++) {
+        int rc = kiln_spawn(g.rt, &rrecv_behaviour, NULL, NULL, &s.recv[i]);
+        if (rc != KILN_OK)
+            die("kiln_spawn(receiver)", rc);
+    }
+    s.gs = start_gs_echo();
+    kiln_spawn_opts o;
+    memset(&o, 0, sizeof o);
+    o.register_as = "perf_ctl";
+    kiln_term ctl;
+    int rc = kiln_spawn(g.rt, &ctl_behaviour, &s, &o, &ctl);
+    if (rc != KILN_OK)
+        die("kiln_spawn(perf_ctl)", rc);
+    size_t len;
+    const char *txt = kiln_atom_text(kiln_node_name(g.node), &len);
+    printf("READY %.*s\n", (int)len, txt);
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
+/* What a client learnt from the server node's perf_ctl. */
+static struct {
+    kiln_msg *msg; /* owns the pids */
+    kiln_term echo, gs, par[PAR_PAIRS], recv[REMOTE_RECEIVERS];
+    sem_t done;
+} g_remote;
+
+static bool is_servers(kiln_term t, void *arg)
+{
+    (void)arg;
+    return kiln_match(t, "{servers,_,_,_,_}") == KILN_OK;
+}
+
+static void list_pids(kiln_term list, kiln_term *out, size_t n)
+{
+    size_t i = 0;
+    for (; kiln_is_cons(list) && i < n; list = kiln_tl(list))
+        out[i++] = kiln_hd(list);
+    if (i != n || !kiln_is_nil(list))
+        die("the servers reply has the wrong number of pids", KILN_EBADTERM);
+}
+
+static void hello_fn(void *arg)
+{
+    (void)arg;
+    kiln_term peer = kiln_atom_c(g.peer);
+    int rc = kiln_node_connect(peer, 10000);
+    if (rc != KILN_OK)
+        die("kiln_node_connect", rc);
+    kiln_msg *to_m = kiln_msg_new(64);
+    if (!to_m)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term to = kiln_build(to_m, "{perf_ctl,~A}", peer);
+    send_tagged(to, "hello");
+    kiln_msg_free(to_m);
+    kiln_msg *r = NULL;
+    rc = kiln_receive(is_servers, NULL, 10000, &r);
+    if (rc != KILN_OK)
+        die("no {servers, ...} reply from the server node's perf_ctl", rc);
+    kiln_term pars, recvs;
+    if (kiln_match(kiln_msg_term(r), "{servers,~p,~t,~t,~p}", &g_remote.echo, &pars, &recvs,
+                   &g_remote.gs) != KILN_OK)
+        die("malformed servers reply", KILN_EBADTERM);
+    list_pids(pars, g_remote.par, PAR_PAIRS);
+    list_pids(recvs, g_remote.recv, REMOTE_RECEIVERS);
+    g_remote.msg = r;
+    sem_post(&g_remote.done);
+}
+
+static void remote_hello(void)
+{
+    sem_init(&g_remote.done, 0, 0);
+    kiln_term pid;
+    int rc = kiln_spawn_fn(g.rt, hello_fn, NULL, NULL, &pid);
+    if (rc != KILN_OK)
+        die("kiln_spawn_fn(hello)", rc);
+    wait_sem(&g_remote.done);
+}
+
+/* oneway_remote_*: the local one-way scenario's senders, but the receivers
+ * are on the server node and report through messages, so the timing runs
+ * in a process here. */
+struct owr_ctx {
+    unsigned pairs;
+    struct ow_sender_arg send[REMOTE_RECEIVERS];
+    uint64_t n;
+    double rate[MAX_REPS];
+    sem_t done;
+};
+
+static bool is_ready(kiln_term t, void *arg)
+{
+    (void)arg;
+    return kiln_match(t, "{ready,_}") == KILN_OK;
+}
+
+static bool is_done(kiln_term t, void *arg)
+{
+    (void)arg;
+    return kiln_match(t, "{done,_}") == KILN_OK;
+}
+
+static void expect_reply(kiln_match_fn match, int64_t timeout_ms, const char *what)
+{
+    kiln_msg *m = NULL;
+    int rc = kiln_receive(match, NULL, timeout_ms, &m);
+    if (rc != KILN_OK)
+        die(what, rc);
+    kiln_msg_free(m);
+}
+
+static uint64_t owr_run(void *arg, uint64_t n)
+{
+    struct owr_ctx *c = arg;
+    /* The receiver must know n before the first message lands. */
+    for (unsigned i = 0; i < c->pairs; i++) {
+        kiln_msg *m = kiln_msg_new(64);
+        if (!m)
+            die("kiln_msg_new", KILN_ENOMEM);
+        kiln_msg_set_term(m, kiln_build(m, "{expect,~i,~p}", (int64_t)n, kiln_self()));
+        int rc = kiln_send(g_remote.recv[i], m);
+        if (rc != KILN_OK)
+            die("kiln_send", rc);
+    }
+    for (unsigned i = 0; i < c->pairs; i++)
+        expect_reply(is_ready, 10000, "no {ready, _} from a remote receiver");
+    uint64_t t0 = now_ns();
+    for (unsigned i = 0; i < c->pairs; i++) {
+        c->send[i] = (struct ow_sender_arg){.dest = g_remote.recv[i], .n = n};
+        kiln_term pid;
+        int rc = kiln_spawn_fn(g.rt, ow_sender, &c->send[i], NULL, &pid);
+        if (rc != KILN_OK)
+            die("kiln_spawn_fn(sender)", rc);
+    }
+    /* A receiver that never reaches n means messages were lost: fail
+     * rather than hang until perf/run's timeout. */
+    for (unsigned i = 0; i < c->pairs; i++)
+        expect_reply(is_done, 120000, "a remote receiver did not count every message (lost?)");
+    return now_ns() - t0;
+}
+
+static void owr_driver(void *arg)
+{
+    struct owr_ctx *c = arg;
+    c->n = calibrate(owr_run, c, 10000, ONEWAY_REMOTE_MAX);
+    for (int r = 0; r < g.reps; r++)
+        c->rate[r] = (double)(c->n * c->pairs) * 1e9 / (double)owr_run(c, c->n);
+    sem_post(&c->done);
+}
+
+static void bench_oneway_remote(const char *name, unsigned pairs)
+{
+    static struct owr_ctx c;
+    memset(&c, 0, sizeof c);
+    sem_init(&c.done, 0, 0);
+    c.pairs = pairs;
+    kiln_term pid;
+    int rc = kiln_spawn_fn(g.rt, owr_driver, &c, NULL, &pid);
+    if (rc != KILN_OK)
+        die("kiln_spawn_fn(driver)", rc);
+    wait_sem(&c.done);
+    info(name, "pairs=%u msgs_per_sender=%" PRIu64, pairs, c.n);
+    for (int r = 0; r < g.reps; r++)
+        report(name, "msgs/s", c.rate[r]);
+    sem_destroy(&c.done);
+}
+
 /* ---- main ---- */
 
 struct scenario {
     const char *name;
     void (*run)(const char *name);
+    bool remote; /* needs --node, --peer: talks to a server node */
 };
 
-static void s_number(const char *name) { bench_call_seq(name, REQ_NUMBER); }
-static void s_string(const char *name) { bench_call_seq(name, REQ_STRING); }
-static void s_pid(const char *name) { bench_call_seq(name, REQ_PID); }
-static void s_binary(const char *name) { bench_call_seq(name, REQ_BINARY); }
-static void s_par(const char *name) { bench_call_par(name); }
+static void s_number(const char *name) { bench_call_seq(name, REQ_NUMBER, KILN_NONE, 1000); }
+static void s_string(const char *name) { bench_call_seq(name, REQ_STRING, KILN_NONE, 1000); }
+static void s_pid(const char *name) { bench_call_seq(name, REQ_PID, KILN_NONE, 1000); }
+static void s_binary(const char *name) { bench_call_seq(name, REQ_BINARY, KILN_NONE, 1000); }
+static void s_par(const char *name) { bench_call_par(name, NULL); }
 static void s_1to1(const char *name) { bench_oneway(name, 1); }
 static void s_2to2(const char *name) { bench_oneway(name, 2); }
 static void s_spawn(const char *name) { bench_spawn(name); }
@@ -1003,25 +1544,46 @@ static void s_mem(const char *name) { bench_mem(name); }
 static void s_ring(const char *name) { bench_ring(name); }
 static void s_etf_encode(const char *name) { bench_etf_encode(name); }
 static void s_etf_decode(const char *name) { bench_etf_decode(name); }
+static void s_gs_local(const char *name) { bench_gs_local(name); }
+static void s_tcp(const char *name) { bench_tcp(name); }
+/* Remote calls start at 100 calls, 10 for the megabyte. */
+static void s_rnumber(const char *name) { bench_call_seq(name, REQ_NUMBER, g_remote.echo, 100); }
+static void s_rstring(const char *name) { bench_call_seq(name, REQ_STRING, g_remote.echo, 100); }
+static void s_rpid(const char *name) { bench_call_seq(name, REQ_PID, g_remote.echo, 100); }
+static void s_rbinary(const char *name) { bench_call_seq(name, REQ_BINARY, g_remote.echo, 10); }
+static void s_rpar(const char *name) { bench_call_par(name, g_remote.par); }
+static void s_r1to1(const char *name) { bench_oneway_remote(name, 1); }
+static void s_r2to2(const char *name) { bench_oneway_remote(name, 2); }
 
 static const struct scenario scenarios[] = {
-    {"call_seq_local_number", s_number},
-    {"call_seq_local_string", s_string},
-    {"call_seq_local_pid", s_pid},
-    {"call_seq_local_binary_1mb", s_binary},
-    {"call_par_local", s_par},
-    {"oneway_local_1to1", s_1to1},
-    {"oneway_local_2to2", s_2to2},
-    {"spawn_1m", s_spawn},
-    {"mem_per_process", s_mem},
-    {"ring", s_ring},
-    {"etf_encode", s_etf_encode},
-    {"etf_decode", s_etf_decode},
+    {"call_seq_local_number", s_number, false},
+    {"call_seq_local_string", s_string, false},
+    {"call_seq_local_pid", s_pid, false},
+    {"call_seq_local_binary_1mb", s_binary, false},
+    {"call_par_local", s_par, false},
+    {"oneway_local_1to1", s_1to1, false},
+    {"oneway_local_2to2", s_2to2, false},
+    {"spawn_1m", s_spawn, false},
+    {"mem_per_process", s_mem, false},
+    {"ring", s_ring, false},
+    {"etf_encode", s_etf_encode, false},
+    {"etf_decode", s_etf_decode, false},
+    {"gen_server_call_local", s_gs_local, false},
+    {"tcp_pingpong", s_tcp, false},
+    {"call_seq_remote_number", s_rnumber, true},
+    {"call_seq_remote_string", s_rstring, true},
+    {"call_seq_remote_pid", s_rpid, true},
+    {"call_seq_remote_binary_1mb", s_rbinary, true},
+    {"call_par_remote", s_rpar, true},
+    {"oneway_remote_1to1", s_r1to1, true},
+    {"oneway_remote_2to2", s_r2to2, true},
 };
 
 static _Noreturn void usage(void)
 {
     fprintf(stderr, "usage: kiln_bench SCENARIO [--quick] [--reps N] [--workers N]\n"
+                    "                  [--node NAME --peer NODE] [--cookie C]   (*_remote)\n"
+                    "       kiln_bench --serve NAME [--cookie C] [--workers N]\n"
                     "       kiln_bench --list\n");
     exit(2);
 }
@@ -1029,6 +1591,7 @@ static _Noreturn void usage(void)
 int main(int argc, char **argv)
 {
     const struct scenario *sc = NULL;
+    bool serving = false;
     size_t nsc = sizeof scenarios / sizeof scenarios[0];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1044,6 +1607,15 @@ int main(int argc, char **argv)
                 usage();
         } else if (strcmp(a, "--workers") == 0 && i + 1 < argc) {
             g.workers = (unsigned)atoi(argv[++i]);
+        } else if (strcmp(a, "--serve") == 0 && i + 1 < argc) {
+            serving = true;
+            g.node_name = argv[++i];
+        } else if (strcmp(a, "--node") == 0 && i + 1 < argc) {
+            g.node_name = argv[++i];
+        } else if (strcmp(a, "--peer") == 0 && i + 1 < argc) {
+            g.peer = argv[++i];
+        } else if (strcmp(a, "--cookie") == 0 && i + 1 < argc) {
+            g.cookie = argv[++i];
         } else if (a[0] != '-' && !sc) {
             for (size_t k = 0; k < nsc; k++)
                 if (strcmp(a, scenarios[k].name) == 0)
@@ -1056,10 +1628,23 @@ int main(int argc, char **argv)
             usage();
         }
     }
-    if (!sc)
+    if (serving) {
+        if (sc)
+            usage();
+        serve();
+    }
+    if (!sc || (sc->remote && (!g.node_name || !g.peer)))
         usage();
     start_rt();
+    if (sc->remote) {
+        start_node(g.node_name);
+        remote_hello();
+    }
     sc->run(sc->name);
+    if (sc->remote) {
+        kiln_msg_free(g_remote.msg);
+        stop_node();
+    }
     stop_rt();
     return 0;
 }

@@ -11,7 +11,8 @@
 %% success; on failure an "ERROR" line on stderr and status 1.
 -module(perf_bench).
 
--export([main/1]).
+-export([main/1, serve/0]).
+
 
 -define(PAR_PAIRS, 30).
 -define(RING_SIZE, 1000).
@@ -20,9 +21,16 @@
 %% One-way senders outrun their receivers, so every message sent may sit in
 %% a queue at once: cap the count to keep memory bounded.
 -define(ONEWAY_MAX, 10000000).
+%% Across a socket: a lower cap (as in kiln_bench.c).
+-define(ONEWAY_REMOTE_MAX, 5000000).
 
 main([Scenario, Mode, RepsS]) ->
-    Cfg = #{quick => Mode =:= "quick", reps => list_to_integer(RepsS)},
+    main([Scenario, Mode, RepsS, none]);
+main([Scenario, Mode, RepsS, Peer]) ->
+    %% Peer: the server node of the *_remote scenarios (this node must have
+    %% been started with -sname and the server's cookie).
+    Cfg = #{quick => Mode =:= "quick", reps => list_to_integer(RepsS),
+            peer => case Peer of none -> none; _ -> list_to_atom(Peer) end},
     %% A fresh process does the work: -run evaluates in a process we do not
     %% own, and this keeps the benchmark's heap separate from init's.
     {Pid, Ref} = spawn_monitor(fun() -> exit({done, run(Scenario, Cfg)}) end),
@@ -37,14 +45,38 @@ main(Args) ->
     io:format(standard_error, "usage: perf_bench SCENARIO full|quick REPS (got ~p)~n", [Args]),
     halt(2).
 
-run("call_seq_local_number", Cfg) -> call_seq("call_seq_local_number", fun() -> 12345 end, Cfg);
-run("call_seq_local_string", Cfg) -> call_seq("call_seq_local_string", fun() -> "hello world" end, Cfg);
-run("call_seq_local_pid", Cfg) -> call_seq("call_seq_local_pid", fun() -> self() end, Cfg);
+run("call_seq_local_number", Cfg) -> call_seq_local("call_seq_local_number", fun req_number/0, Cfg);
+run("call_seq_local_string", Cfg) -> call_seq_local("call_seq_local_string", fun req_string/0, Cfg);
+run("call_seq_local_pid", Cfg) -> call_seq_local("call_seq_local_pid", fun req_pid/0, Cfg);
 run("call_seq_local_binary_1mb", Cfg) ->
-    %% binary:copy makes a refcounted off-heap binary, as a 1 MB binary built
-    %% at run time would be; sends share it, they do not copy it.
-    call_seq("call_seq_local_binary_1mb", fun() -> binary:copy(<<0>>, 1048576) end, Cfg);
-run("call_par_local", Cfg) -> call_par(Cfg);
+    call_seq_local("call_seq_local_binary_1mb", fun req_binary/0, Cfg);
+run("call_par_local", Cfg) ->
+    Servers = [element(2, {ok, _} = gen_server:start(perf_echo, [], []))
+               || _ <- lists:seq(1, ?PAR_PAIRS)],
+    call_par("call_par_local", Servers, Cfg);
+%% The local gen_server call is call_seq_local_number under its own name:
+%% in Erlang every call here is a gen_server call.
+run("gen_server_call_local", Cfg) ->
+    call_seq_local("gen_server_call_local", fun req_number/0, Cfg);
+run("tcp_pingpong", Cfg) -> tcp_pingpong(Cfg);
+%% Remote calls start at 100 calls, 10 for the megabyte.
+run("call_seq_remote_number", Cfg) ->
+    call_seq("call_seq_remote_number", fun req_number/0, remote_echo(Cfg), 100, Cfg);
+run("call_seq_remote_string", Cfg) ->
+    call_seq("call_seq_remote_string", fun req_string/0, remote_echo(Cfg), 100, Cfg);
+run("call_seq_remote_pid", Cfg) ->
+    call_seq("call_seq_remote_pid", fun req_pid/0, remote_echo(Cfg), 100, Cfg);
+run("call_seq_remote_binary_1mb", Cfg) ->
+    call_seq("call_seq_remote_binary_1mb", fun req_binary/0, remote_echo(Cfg), 10, Cfg);
+run("call_par_remote", Cfg) ->
+    {servers, _, Pars, _, _} = remote_servers(Cfg),
+    call_par("call_par_remote", Pars, Cfg);
+run("oneway_remote_1to1", Cfg) -> oneway_remote("oneway_remote_1to1", 1, Cfg);
+run("oneway_remote_2to2", Cfg) -> oneway_remote("oneway_remote_2to2", 2, Cfg);
+%% The server's gen_server (Kiln's kiln_gen_server or perf_echo).
+run("gen_server_call_remote", Cfg) ->
+    {servers, _, _, _, Gs} = remote_servers(Cfg),
+    call_seq("gen_server_call_remote", fun req_number/0, Gs, 100, Cfg);
 run("oneway_local_1to1", Cfg) -> oneway("oneway_local_1to1", 1, Cfg);
 run("oneway_local_2to2", Cfg) -> oneway("oneway_local_2to2", 2, Cfg);
 run("spawn_1m", Cfg) -> spawn_bench(Cfg);
@@ -87,10 +119,22 @@ calibrate(Run, N, Min, Max, Probe, Target) ->
 
 repeat(Reps, Fun) -> lists:foreach(fun(_) -> Fun() end, lists:seq(1, Reps)).
 
-%% ---- call_seq_local_*: one client, one gen_server, sequential calls ----
+%% ---- call_seq_*: one client, one gen_server, sequential calls ----
 
-call_seq(Name, MakeReq, Cfg = #{reps := Reps}) ->
+req_number() -> 12345.
+req_string() -> "hello world".
+req_pid() -> self().
+%% binary:copy makes a refcounted off-heap binary, as a 1 MB binary built at
+%% run time would be; local sends share it, they do not copy it.
+req_binary() -> binary:copy(<<0>>, 1048576).
+
+call_seq_local(Name, MakeReq, Cfg) ->
     {ok, Server} = gen_server:start(perf_echo, [], []),
+    call_seq(Name, MakeReq, Server, 1000, Cfg),
+    gen_server:stop(Server).
+
+%% Min: the first probe run's calls.
+call_seq(Name, MakeReq, Server, Min, Cfg = #{reps := Reps}) ->
     Req = MakeReq(),
     Req = gen_server:call(Server, Req), % the echo really echoes
     Run = fun(N) ->
@@ -98,10 +142,9 @@ call_seq(Name, MakeReq, Cfg = #{reps := Reps}) ->
                   call_loop(Server, Req, N),
                   now_ns() - T0
           end,
-    N = calibrate(Run, 1000, 100000000, Cfg),
+    N = calibrate(Run, Min, 100000000, Cfg),
     info(Name, "calls_per_run=~b", [N]),
     repeat(Reps, fun() -> report(Name, "ns/call", Run(N) / N) end),
-    gen_server:stop(Server),
     ok.
 
 call_loop(_Server, _Req, 0) -> ok;
@@ -109,14 +152,11 @@ call_loop(Server, Req, N) ->
     _ = gen_server:call(Server, Req, infinity),
     call_loop(Server, Req, N - 1).
 
-%% ---- call_par_local: 30 client/server pairs calling at once ----
+%% ---- call_par_*: 30 client/server pairs calling at once ----
 
-call_par(Cfg = #{reps := Reps}) ->
+call_par(Name, Servers, Cfg = #{reps := Reps}) ->
     Main = self(),
-    Clients = [begin
-                   {ok, S} = gen_server:start(perf_echo, [], []),
-                   spawn_link(fun() -> par_client(Main, S) end)
-               end || _ <- lists:seq(1, ?PAR_PAIRS)],
+    Clients = [spawn_link(fun() -> par_client(Main, S) end) || S <- Servers],
     Run = fun(N) ->
                   T0 = now_ns(),
                   [C ! {go, N} || C <- Clients],
@@ -124,9 +164,9 @@ call_par(Cfg = #{reps := Reps}) ->
                   now_ns() - T0
           end,
     N = calibrate(Run, 100, 10000000, Cfg),
-    info("call_par_local", "pairs=~b calls_per_client=~b", [?PAR_PAIRS, N]),
+    info(Name, "pairs=~b calls_per_client=~b", [?PAR_PAIRS, N]),
     repeat(Reps, fun() ->
-                         report("call_par_local", "ns/call", Run(N) / (N * ?PAR_PAIRS))
+                         report(Name, "ns/call", Run(N) / (N * ?PAR_PAIRS))
                  end),
     [begin unlink(C), exit(C, kill) end || C <- Clients],
     ok.
@@ -428,3 +468,108 @@ etf_decode(Cfg) ->
     Encoded = [{P, [term_to_binary(T) || T <- Ts]} || {P, Ts} <- Parts],
     etf_path("etf_decode", fun b2t_each/2, Encoded, Sizes, "binary_to_term", true, Cfg),
     etf_stop(Parts).
+
+%% ---- tcp_pingpong: 64 bytes to an echo over loopback TCP and back ----
+%%
+%% The Kiln side is the floor for remote calls (plain C, the echo in another
+%% OS process); this is gen_tcp doing the same, the echo in this VM.
+
+-define(TCP_MSG, 64).
+
+tcp_pingpong(Cfg = #{reps := Reps}) ->
+    Opts = [binary, {active, false}, {nodelay, true}],
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}} | Opts]),
+    {ok, Port} = inet:port(L),
+    spawn_link(fun() -> {ok, S} = gen_tcp:accept(L), tcp_echo(S) end),
+    {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, Opts),
+    Msg = binary:copy(<<1>>, ?TCP_MSG),
+    Run = fun(N) ->
+                  T0 = now_ns(),
+                  tcp_loop(C, Msg, N),
+                  now_ns() - T0
+          end,
+    N = calibrate(Run, 1000, 100000000, Cfg),
+    info("tcp_pingpong", "message_bytes=~b round_trips_per_run=~b", [?TCP_MSG, N]),
+    repeat(Reps, fun() -> report("tcp_pingpong", "ns/rt", Run(N) / N) end),
+    gen_tcp:close(C),
+    ok.
+
+tcp_loop(_C, _Msg, 0) -> ok;
+tcp_loop(C, Msg, N) ->
+    ok = gen_tcp:send(C, Msg),
+    {ok, _} = gen_tcp:recv(C, ?TCP_MSG),
+    tcp_loop(C, Msg, N - 1).
+
+tcp_echo(S) ->
+    case gen_tcp:recv(S, ?TCP_MSG) of
+        {ok, B} -> ok = gen_tcp:send(S, B), tcp_echo(S);
+        {error, closed} -> ok
+    end.
+
+%% ---- distribution: the server node and the *_remote clients ----
+%%
+%% erl -sname NAME -setcookie C -run perf_bench serve starts, for whatever
+%% client connects, the same set as kiln_bench --serve: an echo gen_server
+%% for call_seq_remote_*, PAR_PAIRS more for call_par_remote, two one-way
+%% receivers, a gen_server for gen_server_call_remote, and perf_ctl, which
+%% answers {hello, From} with {servers, Echo, [Par], [Receivers], Gs}. It
+%% prints "READY <node>" and runs until the VM is stopped.
+
+serve() ->
+    Start = fun() -> {ok, P} = gen_server:start(perf_echo, [], []), P end,
+    Echo = Start(),
+    Pars = [Start() || _ <- lists:seq(1, ?PAR_PAIRS)],
+    Receivers = [spawn(fun remote_receiver/0) || _ <- [1, 2]],
+    Gs = Start(),
+    Reply = {servers, Echo, Pars, Receivers, Gs},
+    true = register(perf_ctl, spawn(fun() -> ctl_loop(Reply) end)),
+    io:format("READY ~s~n", [node()]).
+
+ctl_loop(Reply) ->
+    receive
+        {hello, From} -> From ! Reply
+    end,
+    ctl_loop(Reply).
+
+%% A one-way receiver for remote senders: {expect, N, From} answers
+%% {ready, self()}, then after N more messages {done, self()} goes to From.
+remote_receiver() ->
+    receive
+        {expect, N, From} ->
+            From ! {ready, self()},
+            count(N),
+            From ! {done, self()},
+            remote_receiver()
+    end.
+
+remote_servers(#{peer := Peer}) ->
+    case net_kernel:connect_node(Peer) of
+        true -> ok;
+        Other -> exit({connect_node, Peer, Other})
+    end,
+    {perf_ctl, Peer} ! {hello, self()},
+    receive
+        {servers, _, _, _, _} = S -> S
+    after 10000 -> exit({no_servers_reply, Peer})
+    end.
+
+remote_echo(Cfg) -> element(2, remote_servers(Cfg)).
+
+%% The local one-way scenario with the receivers on the server node.
+oneway_remote(Name, Pairs, Cfg = #{reps := Reps}) ->
+    {servers, _, _, AllReceivers, _} = remote_servers(Cfg),
+    Receivers = lists:sublist(AllReceivers, Pairs),
+    Run = fun(N) ->
+                  [R ! {expect, N, self()} || R <- Receivers],
+                  [receive {ready, R} -> ok after 10000 -> exit(no_ready) end
+                   || R <- Receivers],
+                  T0 = now_ns(),
+                  [spawn(fun() -> send_loop(R, N) end) || R <- Receivers],
+                  [receive {done, R} -> ok after 120000 -> exit(receiver_not_done) end
+                   || R <- Receivers],
+                  now_ns() - T0
+          end,
+    N = calibrate(Run, 10000, ?ONEWAY_REMOTE_MAX, Cfg),
+    info(Name, "pairs=~b msgs_per_sender=~b", [Pairs, N]),
+    repeat(Reps, fun() -> report(Name, "msgs/s", N * Pairs * 1.0e9 / Run(N)) end),
+    ok.
