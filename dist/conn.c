@@ -23,25 +23,37 @@
 
 /* ---- writer ---- */
 
+/* Owned by the connection's owner, which frees it once it has seen the
+ * writer's DOWN. */
 struct writer_arg {
     kiln_node *node;
     int fd;
     unsigned tick_ms;
+    /* The frames being written. Not on the writer's stack: the writer is
+     * killed when the connection goes down, possibly in the middle of a
+     * write, and the owner frees what it left. */
+    kiln_msg *batch[WRITE_BATCH];
+    int nbatch;
 };
+
+static void free_batch(struct writer_arg *wa)
+{
+    for (int i = 0; i < wa->nbatch; i++)
+        kiln_msg_free(wa->batch[i]);
+    wa->nbatch = 0;
+}
 
 static void writer_main(void *arg)
 {
-    struct writer_arg wa = *(struct writer_arg *)arg;
-    kiln_free(arg);
+    struct writer_arg *wa = arg;
     static const uint8_t tick[4] = {0, 0, 0, 0};
-    kiln_msg *batch[WRITE_BATCH];
     struct iovec iov[WRITE_IOV];
     for (;;) {
         kiln_msg *m;
-        int rc = kiln_receive(NULL, NULL, wa.tick_ms, &m);
+        int rc = kiln_receive(NULL, NULL, wa->tick_ms, &m);
         if (rc == KILN_ETIMEOUT) {
             /* Nothing written for a tick interval: the peer must hear from us. */
-            if (kiln_io_send(wa.fd, tick, sizeof tick, 10000) != KILN_OK)
+            if (kiln_io_send(wa->fd, tick, sizeof tick, 10000) != KILN_OK)
                 break;
             continue;
         }
@@ -50,9 +62,9 @@ static void writer_main(void *arg)
         /* Everything queued behind it goes out in the same write. A frame
          * is an iolist of binaries (its header, then a shared slice of the
          * encoded message): each piece is one iovec, nothing is copied. */
-        int n = 0, k = 0;
+        int k = 0;
         for (;;) {
-            batch[n++] = m;
+            wa->batch[wa->nbatch++] = m;
             for (kiln_term l = kiln_msg_term(m); kiln_is_cons(l) && k < WRITE_IOV; l = kiln_tl(l)) {
                 const uint8_t *data;
                 size_t len;
@@ -62,17 +74,27 @@ static void writer_main(void *arg)
                     k++;
                 }
             }
-            if (n == WRITE_BATCH || k > WRITE_IOV - 4 || kiln_receive(NULL, NULL, 0, &m) != KILN_OK)
+            if (wa->nbatch == WRITE_BATCH || k > WRITE_IOV - 4 || kiln_receive(NULL, NULL, 0, &m) != KILN_OK)
                 break;
         }
-        rc = kiln_io_sendv(wa.fd, iov, k, 30000);
-        for (int i = 0; i < n; i++)
-            kiln_msg_free(batch[i]);
+        rc = kiln_io_sendv(wa->fd, iov, k, 30000);
+        free_batch(wa);
         if (rc != KILN_OK)
             break;
     }
     /* The owner is in a read on this socket: ending the socket ends it. */
-    shutdown(wa.fd, SHUT_RDWR);
+    shutdown(wa->fd, SHUT_RDWR);
+}
+
+struct down_of {
+    kiln_term ref;
+};
+
+static bool is_down_of(kiln_term t, void *arg)
+{
+    const struct down_of *d = arg;
+    kiln_term ref;
+    return kiln_match(t, "{'DOWN',~t,process,_,_}", &ref) == KILN_OK && kiln_term_eq(ref, d->ref);
 }
 
 /* ---- handshake over the socket ---- */
@@ -226,18 +248,22 @@ out:
 /* After a successful handshake: the writer, the table, then reading. */
 static void run_connection(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t have)
 {
-    struct writer_arg *wa = kiln_malloc(sizeof(*wa));
+    struct writer_arg *wa = kiln_calloc(1, sizeof(*wa));
+    kiln_msg *mref_msg = kiln_msg_new(64);
+    struct down_of wd = {KILN_NONE};
     kiln_term writer = KILN_NONE;
-    if (wa) {
+    if (wa && mref_msg) {
         wa->node = n;
         wa->fd = c->fd;
         wa->tick_ms = n->ticktime * 1000u / 4u;
-        if (kiln_spawn_fn(n->rt, writer_main, wa, NULL, &writer) != KILN_OK) {
-            kiln_free(wa);
+        if (kiln_spawn_fn(n->rt, writer_main, wa, NULL, &writer) != KILN_OK)
             writer = KILN_NONE;
-        }
+        else if (kiln_monitor(writer, mref_msg, &wd.ref) != KILN_OK)
+            wd.ref = KILN_NONE;
     }
     if (kiln_is_none(writer)) {
+        kiln_free(wa);
+        kiln_msg_free(mref_msg);
         kiln_free(buf);
         close(c->fd);
         kiln_conn_down(n, c, KILN_ENOMEM);
@@ -247,8 +273,18 @@ static void run_connection(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size
     kiln_conn_up(n, c);
     int rc = read_loop(n, c, buf, have, READ_CHUNK);
     int fd = c->fd;
-    kiln_conn_down(n, c, rc == KILN_OK ? KILN_OK : rc);
+    kiln_conn_down(n, c, rc == KILN_OK ? KILN_OK : rc); /* kills the writer */
+    /* Only once the writer is gone are the frames it was writing ours to
+     * free, and the socket ours to close. Should it somehow not go, its
+     * state is leaked rather than freed under it. */
+    kiln_msg *down = NULL;
+    if (!kiln_is_none(wd.ref) && kiln_receive(is_down_of, &wd, 30000, &down) == KILN_OK) {
+        kiln_msg_free(down);
+        free_batch(wa);
+        kiln_free(wa);
+    }
     kiln_io_close(fd);
+    kiln_msg_free(mref_msg);
 }
 
 /* ---- the two kinds of connection process ---- */
