@@ -238,7 +238,8 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
     out->ctrl = NULL;
     memcpy(q->refs, refs, nrefs * sizeof(kiln_term));
     q->nrefs = nrefs;
-    memcpy(q->buf, p + off, slice);
+    if (slice) /* an empty first slice leaves buf NULL */
+        memcpy(q->buf, p + off, slice);
     q->len = q->cap = slice;
     q->next = s->seqs;
     s->seqs = q;
@@ -275,7 +276,8 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
         q->buf = nb;
         q->cap = ncap;
     }
-    memcpy(q->buf + q->len, p + 18, slice);
+    if (slice)
+        memcpy(q->buf + q->len, p + 18, slice);
     q->len += slice;
     s->pending_bytes += slice;
     if (frag > 1) {

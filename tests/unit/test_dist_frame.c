@@ -267,6 +267,29 @@ static void test_fragment_limits(void **state)
     kiln_msg_free(ctrl), kiln_msg_free(a);
 }
 
+/* A first fragment may carry the control term and no payload at all (the
+ * fuzzer found the empty slice). */
+static void test_empty_first_slice(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *msg = kiln_test_msg("{~a,~i}", "late", 7L);
+    buf first = {0}, cont = {0};
+    put8(&first, 131), put8(&first, 69), put64(&first, 5), put64(&first, 2), put8(&first, 0);
+    put_term(&first, kiln_msg_term(ctrl), false);
+    put8(&cont, 131), put8(&cont, 70), put64(&cont, 5), put64(&cont, 1);
+    put_term(&cont, kiln_msg_term(msg), false);
+    kiln_frame f;
+    assert_int_equal(parse(&s, &first, &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &cont, &f), KILN_OK);
+    assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(msg)), 0);
+    kiln_frame_free(&f);
+    free(first.p), free(cont.p);
+    kiln_msg_free(ctrl), kiln_msg_free(msg);
+    kiln_frame_state_fini(&s);
+}
+
 /* Header with n atom-cache refs: flag nibbles (new entry bit 8, segment
  * 0), then each ref; new ones carry their text. */
 static void put_refs(buf *b, size_t n, const bool *fresh, const uint8_t *idx, const char *const *text)
@@ -339,6 +362,7 @@ int main(void)
         cmocka_unit_test(test_fragments_interleaved),
         cmocka_unit_test(test_fragment_protocol_errors),
         cmocka_unit_test(test_fragment_limits),
+        cmocka_unit_test(test_empty_first_slice),
         cmocka_unit_test(test_atom_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
