@@ -50,7 +50,10 @@ static int arm(struct kiln_proc *p, uint64_t deadline, uint64_t now)
     return kiln_timer_receive_timeout(p->rt, p->pid, p->recv_gen, deadline - now, &p->recv_timer);
 }
 
-int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out)
+/* skip_saved: the message wanted cannot be among those already saved
+ * (see kiln_wait_wake), so the scan starts after them. */
+static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, bool skip_saved,
+                   kiln_msg **out)
 {
     uint64_t deadline = 0;
     if (p->max_mailbox) {
@@ -59,6 +62,16 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
     }
     kiln_msg *prev = NULL;
     kiln_msg *m = p->save_head;
+    if (skip_saved) {
+        prev = p->save_tail;
+        m = NULL;
+        /* A TIMEOUT of the current timer could sit among the skipped
+         * messages: start a fresh timer generation instead. */
+        if (timeout_ms > 0 && p->recv_timer) {
+            kiln_cancel_timer(p->rt, p->recv_timer, NULL);
+            p->recv_timer = 0;
+        }
+    }
     for (;;) {
         while (m) {
             kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
@@ -102,6 +115,11 @@ int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, i
     }
 }
 
+int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out)
+{
+    return receive(p, match, arg, timeout_ms, false, out);
+}
+
 struct user_match {
     kiln_match_fn fn;
     void *arg;
@@ -133,7 +151,12 @@ static bool match_wake(kiln_msg *m, void *arg)
 
 int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_msg **out)
 {
-    return kiln_proc_receive(p, match_wake, &id, timeout_ms, out);
+    /* A process drains its mailbox only inside a receive, and it started
+     * the operation after its last one: every message saved so far came
+     * before the operation, so none is its WAKE. Skipping them keeps a
+     * connection writer with thousands of frames queued from rescanning
+     * them on every write (Erlang's receive markers do the same). */
+    return receive(p, match_wake, &id, timeout_ms, true, out);
 }
 
 static bool match_nothing(kiln_msg *m, void *arg)
