@@ -3,8 +3,11 @@
  * frames encoded on the sender's own thread for what the connection
  * negotiated (brief §3): the pass-through form ('p', each term with its
  * 131) when neither FRAGMENTS nor DIST_HDR_ATOM_CACHE is agreed, else a
- * distribution header (Kiln sends no atom-cache refs, which is always
- * valid), and messages larger than the fragment size in fragments. */
+ * distribution header (with atom-cache refs when DIST_HDR_ATOM_CACHE is
+ * agreed, none otherwise), and messages larger than the fragment size in
+ * fragments. Only the header depends on the connection's atom cache, so
+ * the terms are encoded without the node lock and the header is written
+ * under it (atom_cache_out.h). */
 #include <string.h>
 
 #include "dist/node_internal.h"
@@ -17,10 +20,15 @@ enum dop {
     DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_ALIAS_SEND = 33, DOP_UNLINK_ID = 35
 };
 
-/* Bytes of one term, bare (inside a header) or whole (with its 131). */
-static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, size_t *len)
+/* Bytes of one term, bare (inside a header) or whole (with its 131);
+ * with refs, its atoms go into them as cache refs. */
+static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, size_t *len)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
+    if (refs) {
+        o.atom_ref = kiln_out_refs_hook;
+        o.atom_ref_arg = refs;
+    }
     kiln_etf_enc *e = kiln_etf_enc_new(&o);
     if (!e)
         return NULL;
@@ -74,60 +82,102 @@ static void chain(kiln_msg **head, kiln_msg **tail, kiln_msg *m)
     *tail = m;
 }
 
-kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg)
+void kiln_frames_discard(kiln_frames *f)
 {
+    if (f->cb)
+        kiln_bin_decref(f->cb);
+    if (f->mb)
+        kiln_bin_decref(f->mb);
+    kiln_free(f->refs);
+    memset(f, 0, sizeof(*f));
+}
+
+int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->flags = flags;
     bool header = (flags & (KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_FRAGMENTS)) != 0;
-    size_t clen, mlen = 0;
-    kiln_bin *cb = encode_term(n, ctrl, !header, &clen);
-    kiln_bin *mb = kiln_is_none(msg) ? NULL : encode_term(n, msg, !header, &mlen);
+    if (flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE) {
+        if (!(f->refs = kiln_malloc(sizeof(*f->refs))))
+            return KILN_ENOMEM;
+        kiln_out_refs_init(f->refs);
+    }
+    f->cb = encode_term(n, ctrl, !header, f->refs, &f->clen);
+    f->mb = kiln_is_none(msg) ? NULL : encode_term(n, msg, !header, f->refs, &f->mlen);
+    if (!f->cb || (!kiln_is_none(msg) && !f->mb)) {
+        kiln_frames_discard(f);
+        return KILN_ENOMEM;
+    }
+    return KILN_OK;
+}
+
+/* The header's atom-cache part into d: refs against the cache, or none. */
+static size_t put_refs(kiln_frames *f, kiln_out_cache *cache, uint8_t *d)
+{
+    if (!f->refs) {
+        d[0] = 0;
+        return 1;
+    }
+    return kiln_out_refs_header(f->refs, cache, d);
+}
+
+kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache)
+{
+    uint64_t flags = f->flags;
+    bool header = (flags & (KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_FRAGMENTS)) != 0;
+    size_t clen = f->clen, mlen = f->mlen, maxrefs = f->refs ? f->refs->max_header : 1;
+    kiln_bin *cb = f->cb, *mb = f->mb;
     kiln_msg *head = NULL, *tail = NULL;
-    if (!cb || (!kiln_is_none(msg) && !mb))
-        goto out;
     size_t frag = n->frag_size;
+    if (f->refs && !cache)
+        goto out; /* refs against no cache would go stale: a caller's bug */
     if (!header || !(flags & KILN_DFLAG_FRAGMENTS) || mlen <= frag) {
-        /* One frame: 'p' + whole terms, or 131,68,0 (no cache refs) + bare. */
+        /* One frame: 'p' + whole terms, or 131,68, refs + bare terms. */
         uint8_t h[8 + 64];
-        size_t hl = header ? 3 : 1;
-        uint8_t *hb = clen + hl + 4 <= sizeof h ? h : kiln_malloc(clen + hl + 4);
+        size_t room = 4 + 2 + maxrefs + clen;
+        uint8_t *hb = room <= sizeof h ? h : kiln_malloc(room);
         if (!hb)
             goto out;
-        put32(hb, hl + clen + mlen);
+        size_t hl;
         if (header) {
             hb[4] = 131;
             hb[5] = 68;
-            hb[6] = 0;
+            hl = 2 + put_refs(f, cache, hb + 6);
         } else {
             hb[4] = 'p';
+            hl = 1;
         }
+        put32(hb, hl + clen + mlen);
         memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
-        kiln_msg *f = frame_msg(hb, 4 + hl + clen, mb, 0, mlen);
+        kiln_msg *m = frame_msg(hb, 4 + hl + clen, mb, 0, mlen);
         if (hb != h)
             kiln_free(hb);
-        if (f)
-            chain(&head, &tail, f);
+        if (m)
+            chain(&head, &tail, m);
         goto out;
     }
-    /* Fragments (brief §3): the header and the whole control term go in
-     * the first one with the first slice; the rest carry slices, their
-     * FragIds counting down to 1. Small messages from others may go out
-     * between them. SeqId 0 is never used: erl 25 crashes on it. */
+    /* Fragments (brief §3): the header (with the atom-cache refs) and the
+     * whole control term go in the first one with the first slice; the
+     * rest carry slices, their FragIds counting down to 1. Small messages
+     * from others may go out between them. SeqId 0 is never used: erl 25
+     * crashes on it. */
     uint64_t count = (mlen + frag - 1) / frag, seq = atomic_fetch_add(&n->frag_seq, 1) + 1;
-    uint8_t *hb = kiln_malloc(4 + 19 + clen);
+    uint8_t *hb = kiln_malloc(4 + 18 + maxrefs + clen);
     if (!hb)
         goto out;
     size_t sl = frag;
-    put32(hb, 19 + clen + sl);
     hb[4] = 131;
     hb[5] = 69;
     put64(hb + 6, seq);
     put64(hb + 14, count);
-    hb[22] = 0; /* no atom-cache refs */
-    memcpy(hb + 23, kiln_bin_data(cb), clen);
-    kiln_msg *f = frame_msg(hb, 23 + clen, mb, 0, sl);
+    size_t hl = 18 + put_refs(f, cache, hb + 22);
+    put32(hb, hl + clen + sl);
+    memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
+    kiln_msg *m = frame_msg(hb, 4 + hl + clen, mb, 0, sl);
     kiln_free(hb);
-    if (!f)
+    if (!m)
         goto out;
-    chain(&head, &tail, f);
+    chain(&head, &tail, m);
     for (uint64_t id = count - 1, off = sl; id >= 1; id--, off += sl) {
         sl = mlen - off < frag ? mlen - off : frag;
         uint8_t c[4 + 18];
@@ -136,8 +186,8 @@ kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_
         c[5] = 70;
         put64(c + 6, seq);
         put64(c + 14, id);
-        f = frame_msg(c, sizeof c, mb, off, sl);
-        if (!f) {
+        m = frame_msg(c, sizeof c, mb, off, sl);
+        if (!m) {
             /* A sequence cut short must not go out at all. */
             while (head) {
                 kiln_msg *next = atomic_load_explicit(&head->next, memory_order_relaxed);
@@ -146,14 +196,25 @@ kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_
             }
             goto out;
         }
-        chain(&head, &tail, f);
+        chain(&head, &tail, m);
     }
 out:
-    if (cb)
-        kiln_bin_decref(cb);
-    if (mb)
-        kiln_bin_decref(mb);
+    if (!head && f->refs && cache) {
+        /* The header may have marked atoms as sent that never will be:
+         * forget those slots, so they go with their text next time. */
+        for (size_t i = 0; i < f->refs->n; i++)
+            cache->slot[f->refs->slot[i]] = 0;
+    }
+    kiln_frames_discard(f);
     return head;
+}
+
+kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_out_cache *cache, kiln_term ctrl, kiln_term msg)
+{
+    kiln_frames f;
+    if (kiln_frames_prepare(n, flags, ctrl, msg, &f) != KILN_OK)
+        return NULL;
+    return kiln_frames_finish(n, &f, cache);
 }
 
 /* A pid to stand for "from" when a foreign thread sends: OTP wants a pid

@@ -26,7 +26,21 @@ enum frame_kind { FR_PLAIN = 0, FR_LIST, FR_FUN };
 struct frame {
     uint64_t left;  /* children still to read */
     size_t fun_end; /* FR_FUN: where its bytes must end */
+    size_t growth0; /* FR_FUN: d->growth when it opened */
+    size_t edit;    /* FR_FUN: its Size edit, or SIZE_MAX */
+    uint32_t fun_size;
     uint8_t kind;
+};
+
+/* A fun is kept as its bytes, which must not depend on the header they
+ * came with: pass 1 notes each ATOM_CACHE_REF inside one (ref >= 0, the
+ * tag at pos) and each fun's Size field (ref < 0, the fun's tag at pos,
+ * its size once the refs inside are spelled out), in input order, for
+ * pass 2 to rewrite the bytes. */
+struct fun_edit {
+    size_t pos;
+    uint32_t size;
+    int ref;
 };
 
 struct dec {
@@ -44,6 +58,9 @@ struct dec {
     size_t nmaps;
     unsigned opaque; /* >0 while inside a fun's bytes: nothing is built */
     bool in_place;   /* the next term replaces the one just read (LIST_EXT 0) */
+    size_t growth;   /* bytes the cache refs inside funs grow by when spelled out */
+    struct fun_edit *edits;
+    size_t nedits, capedits, ei;
     /* pass 1 stack */
     struct frame *stack;
     size_t sp, cap;
@@ -122,6 +139,39 @@ static size_t latin1_to_utf8(const uint8_t *s, size_t n, char *out)
     return o;
 }
 
+static int add_edit(struct dec *d, size_t pos, int ref, uint32_t size)
+{
+    if (d->nedits == d->capedits) {
+        size_t ncap = d->capedits ? d->capedits * 2 : 16;
+        struct fun_edit *ne = kiln_realloc(d->edits, ncap * sizeof *ne);
+        if (!ne)
+            return KILN_ENOMEM;
+        d->edits = ne;
+        d->capedits = ncap;
+    }
+    d->edits[d->nedits++] = (struct fun_edit){.pos = pos, .size = size, .ref = ref};
+    return KILN_OK;
+}
+
+/* The full encoding of a cached atom: SMALL_ATOM_UTF8 or ATOM_UTF8. */
+static size_t spelled_len(kiln_term atom)
+{
+    size_t n = 0;
+    kiln_atom_text(atom, &n);
+    return (n <= 255 ? 2 : 3) + n;
+}
+
+static int note_ref(struct dec *d, size_t pos, int ref)
+{
+    size_t max = d->o->max_uncompressed ? d->o->max_uncompressed : KILN_ETF_DEFAULT_MAX_UNCOMPRESSED;
+    d->growth += spelled_len(d->o->atom_refs[ref]) - 2;
+    /* Two bytes may stand for a kilobyte of text: bound what a packet of
+     * refs can make us copy, as for compressed terms. */
+    if (d->growth > max)
+        return KILN_ETOOBIG;
+    return add_edit(d, pos, ref, 0);
+}
+
 /* Reads an atom in any of its forms at d->pos (tag included). */
 static int read_atom(struct dec *d, struct atom_txt *a)
 {
@@ -134,14 +184,17 @@ static int read_atom(struct dec *d, struct atom_txt *a)
     case ETF_ATOM_CACHE_REF:
         if (!have(d, 2))
             return KILN_ETRUNCATED;
-        if (d->opaque)
-            /* The fun's bytes would be kept verbatim, and a header-relative
-             * index means nothing outside this packet. */
-            return KILN_EUNSUPPORTED_TERM;
         a->cache = d->p[d->pos + 1];
         if (!d->o->atom_refs || (size_t)a->cache >= d->o->n_atom_refs ||
             !kiln_is_atom(d->o->atom_refs[a->cache]))
             return KILN_EBADTERM;
+        if (d->opaque) {
+            /* A header-relative index means nothing outside this packet:
+             * the kept bytes get the atom itself instead. */
+            int rc = note_ref(d, d->pos, a->cache);
+            if (rc != KILN_OK)
+                return rc;
+        }
         a->text = NULL;
         a->len = 0;
         a->latin1 = false;
@@ -526,14 +579,25 @@ static int scan_one(struct dec *d)
         if (size == ETF_FUN_FIXED)
             return KILN_EBADTERM;
         uint8_t mt = q[1 + ETF_FUN_FIXED];
-        if (mt != ETF_ATOM && mt != ETF_SMALL_ATOM && mt != ETF_ATOM_UTF8 && mt != ETF_SMALL_ATOM_UTF8)
-            return mt == ETF_ATOM_CACHE_REF ? KILN_EUNSUPPORTED_TERM : KILN_EBADTERM;
-        if ((rc = add_words(d, etf_fun_words(size))) != KILN_OK)
-            return rc;
+        if (mt != ETF_ATOM && mt != ETF_SMALL_ATOM && mt != ETF_ATOM_UTF8 && mt != ETF_SMALL_ATOM_UTF8 &&
+            mt != ETF_ATOM_CACHE_REF)
+            return KILN_EBADTERM;
+        size_t edit = SIZE_MAX;
+        if (d->o->atom_refs) {
+            /* Refs may follow inside: its Size may have to change. */
+            edit = d->nedits;
+            if ((rc = add_edit(d, d->pos, -1, (uint32_t)size)) != KILN_OK)
+                return rc;
+        }
         d->pos += 1 + ETF_FUN_FIXED;
-        /* Module, OldIndex, OldUniq, Pid, then the free variables. */
+        /* Module, OldIndex, OldUniq, Pid, then the free variables. Its
+         * words are counted when it closes, when its size is known. */
         if ((rc = push(d, FR_FUN, 4 + (uint64_t)numfree, fun_end)) != KILN_OK)
             return rc;
+        struct frame *f = &d->stack[d->sp - 1];
+        f->growth0 = d->growth;
+        f->edit = edit;
+        f->fun_size = (uint32_t)size;
         d->opaque++;
         return KILN_OK;
     }
@@ -569,6 +633,16 @@ static int scan(struct dec *d)
                         goto out;
                     }
                     d->opaque--;
+                    size_t size = f->fun_size + (d->growth - f->growth0);
+                    if (size > UINT32_MAX) {
+                        rc = KILN_ETOOBIG;
+                        goto out;
+                    }
+                    if (f->edit != SIZE_MAX)
+                        d->edits[f->edit].size = (uint32_t)size;
+                    /* Only the outermost fun takes words (add_words). */
+                    if ((rc = add_words(d, etf_fun_words(size))) != KILN_OK)
+                        goto out;
                 }
                 d->sp--;
                 continue;
@@ -748,6 +822,58 @@ static int map_sort(kiln_term map)
         if (kiln_term_cmp_exact(k[i - 1], k[i]) == 0)
             return KILN_EBADTERM;
     return KILN_OK;
+}
+
+/* The fun at d->pos (n bytes after its tag), its cache refs spelled out
+ * and the Size of it and of every fun inside fixed to match. */
+static int build_fun(struct dec *d, size_t n, kiln_term *out)
+{
+    size_t start = d->pos, end = start + 1 + n;
+    const struct fun_edit *first = d->ei < d->nedits ? &d->edits[d->ei] : NULL;
+    if (!first || first->pos != start || first->size == n) {
+        /* No refs inside: the bytes as they came. */
+        while (d->ei < d->nedits && d->edits[d->ei].pos < end)
+            d->ei++;
+        *out = kiln_fun_opaque(d->m, d->p + start + 1, n);
+        return *out == KILN_NONE ? KILN_ENOMEM : KILN_OK;
+    }
+    size_t ns = first->size, o = 0, cur = start + 1;
+    uint8_t *buf = kiln_malloc(ns);
+    if (!buf)
+        return KILN_ENOMEM;
+    for (; d->ei < d->nedits && d->edits[d->ei].pos < end; d->ei++) {
+        const struct fun_edit *e = &d->edits[d->ei];
+        if (e->ref < 0) {
+            /* A fun's tag: its Size field follows. */
+            memcpy(buf + o, d->p + cur, e->pos + 1 - cur);
+            o += e->pos + 1 - cur;
+            etf_put32(buf + o, e->size);
+            o += 4;
+            cur = e->pos + 5;
+        } else {
+            memcpy(buf + o, d->p + cur, e->pos - cur);
+            o += e->pos - cur;
+            size_t len;
+            const char *s = kiln_atom_text(d->o->atom_refs[e->ref], &len);
+            if (len <= 255) {
+                buf[o++] = ETF_SMALL_ATOM_UTF8;
+                buf[o++] = (uint8_t)len;
+            } else {
+                buf[o++] = ETF_ATOM_UTF8;
+                etf_put16(buf + o, (uint16_t)len);
+                o += 2;
+            }
+            memcpy(buf + o, s, len);
+            o += len;
+            cur = e->pos + 2;
+        }
+    }
+    memcpy(buf + o, d->p + cur, end - cur);
+    o += end - cur;
+    *out = o == ns ? kiln_fun_opaque(d->m, buf, ns) : KILN_NONE;
+    int rc = *out != KILN_NONE ? KILN_OK : o == ns ? KILN_ENOMEM : KILN_EBADTERM;
+    kiln_free(buf);
+    return rc;
 }
 
 static int build(struct dec *d, kiln_term *result)
@@ -943,8 +1069,8 @@ static int build(struct dec *d, kiln_term *result)
         }
         case ETF_NEW_FUN:
             n = etf_get32(q + 1);
-            if ((t = kiln_fun_opaque(d->m, q + 1, n)) == KILN_NONE)
-                return KILN_ENOMEM;
+            if ((rc = build_fun(d, n, &t)) != KILN_OK)
+                return rc;
             *slot = t;
             d->pos += 1 + n;
             break;
@@ -1097,6 +1223,7 @@ fail:
     if (newm)
         kiln_msg_free(m);
 out:
+    kiln_free(d.edits);
     kiln_free(inflated);
     return rc;
 }
@@ -1147,6 +1274,7 @@ int kiln_etf_measure(const void *data, size_t len, bool bare, const kiln_etf_dec
         if (used)
             *used = u;
     }
+    kiln_free(d.edits);
     kiln_free(inflated);
     return rc;
 }

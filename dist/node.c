@@ -205,12 +205,13 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     n->flags = cfg->hidden ? KILN_DFLAGS_HIDDEN : KILN_DFLAGS_VISIBLE;
     n->ticktime = cfg->net_ticktime ? cfg->net_ticktime : 60;
     n->frag_size = cfg->fragment_size ? cfg->fragment_size : 65536;
-    /* Fragments both ways (frame.c, ctrl_out.c). SEND_SENDER and
+    /* Fragments and the atom cache both ways (frame.c, ctrl_out.c,
+     * atom_cache_out.c; cache refs inside funs are spelled out by the
+     * decoder, so kept funs stay valid anywhere). SEND_SENDER and
      * EXIT_PAYLOAD only change which ops OTP sends us, and ctrl_in.c takes
-     * both forms. The atom cache is parsed on receive (frame.c) but not
-     * advertised yet: OTP then also puts cache refs inside funs, which
-     * the codec cannot keep opaque (docs/dist.md). */
-    n->flags |= KILN_DFLAG_FRAGMENTS | KILN_DFLAG_SEND_SENDER | KILN_DFLAG_EXIT_PAYLOAD;
+     * both forms. */
+    n->flags |= KILN_DFLAG_FRAGMENTS | KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_SEND_SENDER |
+                KILN_DFLAG_EXIT_PAYLOAD;
     n->epmd_port = cfg->epmd_port ? cfg->epmd_port : default_epmd_port();
     atomic_store(&n->unlink_ids, 1);
     if ((rc = kiln_rpc_init(n)) != KILN_OK)
@@ -423,11 +424,32 @@ int kiln_dist_out(kiln_node *n, kiln_term peer, kiln_term ctrl, kiln_term msg)
         kiln_term writer = c->writer;
         pthread_mutex_unlock(&n->lock);
         /* Encoded here, on the sender's thread, not by the writer. */
-        kiln_msg *frames = kiln_frames_encode(n, flags, ctrl, msg);
-        if (!frames)
+        kiln_frames f;
+        if (kiln_frames_prepare(n, flags, ctrl, msg, &f) != KILN_OK)
             return KILN_ENOMEM;
+        if (!(flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE)) {
+            kiln_msg *frames = kiln_frames_finish(n, &f, NULL);
+            if (!frames)
+                return KILN_ENOMEM;
+            send_chain(n, writer, frames);
+            return KILN_OK;
+        }
+        /* The header is written against the connection's atom cache and
+         * its frames handed to the writer under one lock: the peer must
+         * see cache updates in the order they were decided. */
+        pthread_mutex_lock(&n->lock);
+        for (c = n->conns; c && !(c->writer == writer && c->state == KILN_CONN_UP); c = c->next)
+            ;
+        if (!c) {
+            /* The connection went meanwhile: dropped, as on a disconnect. */
+            pthread_mutex_unlock(&n->lock);
+            kiln_frames_discard(&f);
+            return KILN_OK;
+        }
+        kiln_msg *frames = kiln_frames_finish(n, &f, &c->tx);
         send_chain(n, writer, frames);
-        return KILN_OK;
+        pthread_mutex_unlock(&n->lock);
+        return frames ? KILN_OK : KILN_ENOMEM;
     }
     /* Connecting: how to encode depends on the handshake. Keep the terms. */
     kiln_msg *item = kiln_msg_new(256);
@@ -474,7 +496,7 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
         kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
         kiln_term t = kiln_msg_term(m);
         kiln_term body = kiln_tuple_get(t, 1);
-        kiln_msg *frames = kiln_frames_encode(n, c->flags, kiln_tuple_get(t, 0),
+        kiln_msg *frames = kiln_frames_encode(n, c->flags, &c->tx, kiln_tuple_get(t, 0),
                                               body == kiln_atom_c("$kiln_none") ? KILN_NONE : body);
         send_chain(n, c->writer, frames);
         kiln_msg_free(m);

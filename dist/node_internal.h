@@ -14,6 +14,7 @@
 #include "kiln/node.h"
 #include "kiln/process.h"
 
+#include "dist/atom_cache_out.h"
 #include "dist/dist_flags.h"
 #include "dist/epmd_proto.h"
 #include "dist/frame.h"
@@ -49,6 +50,7 @@ struct kiln_conn {
     size_t nwaiters, capwaiters;
     size_t new_atoms;               /* atoms this peer's frames created (owner only) */
     kiln_frame_state rx;            /* atom cache and fragments coming in (owner only) */
+    kiln_out_cache tx;              /* atom cache going out (under the node lock) */
     struct kiln_pidset node_monitors; /* monitor_node subscribers (a pid per true) */
 };
 
@@ -126,9 +128,23 @@ void kiln_conn_acceptor_main(void *arg);
 
 /* ---- ctrl_out.c: control messages to peers ---- */
 extern const struct kiln_dist_ops kiln_node_dist_ops;
-/* Encode Ctrl [+ Msg] for flags: a chain (through ->next) of frame
- * messages, each an iolist the writer sends as it is; NULL on failure. */
-kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg);
+/* Ctrl [+ Msg] encoded for flags, not framed yet. */
+typedef struct kiln_frames {
+    uint64_t flags;
+    kiln_bin *cb, *mb;      /* the terms' bytes */
+    size_t clen, mlen;
+    kiln_out_refs *refs;    /* their atoms, with DIST_HDR_ATOM_CACHE */
+} kiln_frames;
+/* Encoding, with no lock: KILN_OK or KILN_ENOMEM (nothing to discard). */
+int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f);
+/* Framing: a chain (through ->next) of frame messages, each an iolist the
+ * writer sends as it is; NULL on failure. With DIST_HDR_ATOM_CACHE, cache
+ * is the connection's (under the node lock, and the frames must reach the
+ * writer before the lock is let go). Consumes f. */
+kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache);
+void kiln_frames_discard(kiln_frames *f);
+/* Both steps at once (under the node lock when cache is given). */
+kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_out_cache *cache, kiln_term ctrl, kiln_term msg);
 
 /* ---- ctrl_in.c: control messages from peers ---- */
 /* Handle one non-tick frame payload from c. KILN_OK, or an error that

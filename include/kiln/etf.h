@@ -53,7 +53,9 @@ typedef struct kiln_etf_decode_opts {
     size_t max_depth;             /* 0: KILN_ETF_DEFAULT_MAX_DEPTH */
     size_t max_uncompressed;      /* 0: KILN_ETF_DEFAULT_MAX_UNCOMPRESSED */
     /* Atoms of the distribution header this term belongs to; ATOM_CACHE_REF
-     * index i means atom_refs[i]. Without them tag 82 is KILN_EBADTERM. */
+     * index i means atom_refs[i]. Without them tag 82 is KILN_EBADTERM.
+     * Inside a fun the refs are spelled out in the bytes it keeps (Sizes
+     * fixed), so the fun means the same outside this packet. */
     const kiln_term *atom_refs;
     size_t n_atom_refs;
     /* Like binary_to_term(B, [safe]): refuse to create atoms (KILN_ENOTREG). */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist/atom_cache_out.h"
 #include "dist/frame.h"
 #include "kiln/kiln.h"
 
@@ -14,6 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 static kiln_etf_ctx ctx;
+
+static void put_seed(const char *dir, int k, const uint8_t *buf, size_t n);
 
 static void write_seed(const char *dir, int k, kiln_term ctrl, kiln_term msg, bool header)
 {
@@ -35,7 +38,13 @@ static void write_seed(const char *dir, int k, kiln_term ctrl, kiln_term msg, bo
     buf[0] = (uint8_t)(n >> 8); /* the harness reads u16-framed runs */
     buf[1] = (uint8_t)n;
     kiln_etf_enc_copy(e, buf + 2);
-    n += 2;
+    put_seed(dir, k, buf, n + 2);
+    free(buf);
+    kiln_etf_enc_free(e);
+}
+
+static void put_seed(const char *dir, int k, const uint8_t *buf, size_t n)
+{
     char path[4096];
     snprintf(path, sizeof path, "%s/seed-%02d", dir, k);
     FILE *f = fopen(path, "wb");
@@ -43,8 +52,46 @@ static void write_seed(const char *dir, int k, kiln_term ctrl, kiln_term msg, bo
         fwrite(buf, 1, n, f);
         fclose(f);
     }
-    free(buf);
+}
+
+/* One u16-framed 131,68 frame with atom-cache refs, as Kiln sends it,
+ * appended to out; the cache carries over to the next frame. */
+static size_t cached_frame(uint8_t *out, kiln_out_cache *c, kiln_term ctrl, kiln_term msg)
+{
+    kiln_out_refs r;
+    kiln_out_refs_init(&r);
+    kiln_etf_enc_opts o = {.ctx = &ctx, .minor_version = 2, .atom_ref = kiln_out_refs_hook, .atom_ref_arg = &r};
+    kiln_etf_enc *e = kiln_etf_enc_new(&o);
+    kiln_etf_enc_term(e, ctrl);
+    if (!kiln_is_none(msg))
+        kiln_etf_enc_term(e, msg);
+    out[2] = 131;
+    out[3] = 68;
+    size_t n = 2 + kiln_out_refs_header(&r, c, out + 4);
+    kiln_etf_enc_copy(e, out + 2 + n);
+    n += kiln_etf_enc_size(e);
     kiln_etf_enc_free(e);
+    out[0] = (uint8_t)(n >> 8);
+    out[1] = (uint8_t)n;
+    return n + 2;
+}
+
+/* A SEND of a fun whose module and pid node are cache refs, as erl sends
+ * funs when the atom cache is agreed. */
+static size_t fun_frame(uint8_t *out)
+{
+    static const uint8_t head[] = {131, 68, 2, 0x88, 0, 1, 5, 'l', 'i', 's', 't', 's', 2, 4, 'p', '@', 'h', 'x',
+                                   104, 3, 97, 2, 119, 0, 88, 119, 9, 'k', 'i', 'l', 'n', '@', 'h', 'o', 's', 't',
+                                   0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 5};
+    static const uint8_t fun[] = {112, 0, 0, 0, 52, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                  0, 0, 0, 0, 0, 0, 0, 1, 82, 0, 97, 0, 97, 0, 88, 82, 1, 0, 0, 0, 1, 0, 0, 0, 0,
+                                  0, 0, 0, 2, 82, 0};
+    size_t n = sizeof head + sizeof fun;
+    out[0] = (uint8_t)(n >> 8);
+    out[1] = (uint8_t)n;
+    memcpy(out + 2, head, sizeof head);
+    memcpy(out + 2 + sizeof head, fun, sizeof fun);
+    return n + 2;
 }
 
 static void seeds(const char *dir)
@@ -76,6 +123,16 @@ static void seeds(const char *dir)
         write_seed(dir, k++, ctrls[i], body, false);
         write_seed(dir, k++, ctrls[i], body, true);
     }
+    /* The atom cache: a run of frames where atoms enter the cache, then
+     * come back by slot alone. */
+    static uint8_t buf[16384];
+    static kiln_out_cache cache;
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof ctrls / sizeof ctrls[0] && n < sizeof buf - 2048; i++)
+        n += cached_frame(buf + n, &cache, ctrls[i], with_msg[i] ? msg : KILN_NONE);
+    put_seed(dir, k++, buf, n);
+    n = fun_frame(buf);
+    put_seed(dir, k++, buf, n);
     kiln_msg_free(m);
 }
 

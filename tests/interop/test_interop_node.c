@@ -518,6 +518,39 @@ static void test_rpc_both_ways(void **state)
     free(r);
 }
 
+/* With DIST_HDR_ATOM_CACHE agreed, erl writes cache refs inside funs too;
+ * the funs Kiln keeps must still be callable when they come back. */
+static void test_atom_cache(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tcache");
+    char expr[4096];
+    snprintf(expr, sizeof expr,
+             "K = {echo, '%s'}, Echo = fun(T) -> K ! {self(), T}, receive {_, R} -> R after 5000 -> timeout end end, "
+             "A = free_atom, L = [x, y], F2 = fun(X) -> {A, L, X, node()} end, F3 = fun(Y) -> F2(Y) end, "
+             "R1 = Echo(fun lists:reverse/1), R2 = Echo(F2), R3 = Echo({F3, [F2, fun erlang:node/0]}), "
+             "{R3f, [R3a, R3b]} = R3, "
+             "{R1([1,2,3]), R2(7) =:= {free_atom, [x, y], 7, node()}, R3f(8) =:= F2(8), R3a(9) =:= F2(9), "
+             "R3b() =:= node(), R1 =:= fun lists:reverse/1, R2 =:= F2}.",
+             g_kiln);
+    eval_expect(e, expr, "{[3,2,1],true,true,true,true,true,true}");
+    /* Many messages reusing a few atoms, long atoms (over 255 bytes of
+     * UTF-8), more distinct atoms in one message than a header can cache
+     * and than the cache has slots, and a fragmented message with atoms:
+     * all come back equal and in order. */
+    snprintf(expr, sizeof expr,
+             "K = {echo, '%s'}, Long = list_to_atom(lists:duplicate(200, 228)), "
+             "Many = [list_to_atom(\"cache_atom_\" ++ integer_to_list(I)) || I <- lists:seq(1, 3000)], "
+             "Big = {frag, binary:copy(<<7>>, 300000), lists:sublist(Many, 400), Long}, "
+             "Ts = [{I, ok, error, Long, lists:nth(I rem 3000 + 1, Many), [reply, #{key => value}]} "
+             "|| I <- lists:seq(1, 3000)] ++ [Many, Big, {after_big, Long}], "
+             "[K ! {self(), T} || T <- Ts], "
+             "Got = [receive {_, R} -> R after 10000 -> timeout end || _ <- Ts], Got =:= Ts.",
+             g_kiln);
+    eval_expect_within(e, expr, "true", 60000);
+}
+
 /* ---- volume, size, and a peer that comes back ---- */
 
 static void test_many_and_big(void **state)
@@ -973,6 +1006,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
         cmocka_unit_test_teardown(test_kiln_to_kiln_calls, node_teardown),
         cmocka_unit_test_teardown(test_global_sync, node_teardown),
+        cmocka_unit_test_teardown(test_atom_cache, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];

@@ -1,5 +1,6 @@
 /* ETF codec API: legacy tags, local pid mapping, atom cache references,
  * lent binaries, decoding into an existing message, helpers. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,6 +133,111 @@ static void test_atom_cache_refs(void **state)
     kiln_msg_free(m);
 }
 
+/* Builds the same fun with its atoms as cache refs (spell false) or
+ * spelled out (spell true): fun(M, Pid on node N, free: Long, an inner
+ * fun, fun M:N/1). */
+struct fbuf {
+    uint8_t b[1024];
+    size_t n;
+};
+
+static void fput(struct fbuf *f, const void *p, size_t n)
+{
+    memcpy(f->b + f->n, p, n);
+    f->n += n;
+}
+
+static void fatom(struct fbuf *f, const kiln_term *refs, int i, bool spell)
+{
+    if (!spell) {
+        fput(f, (uint8_t[]){82, (uint8_t)i}, 2);
+        return;
+    }
+    size_t len;
+    const char *t = kiln_atom_text(refs[i], &len);
+    if (len <= 255)
+        fput(f, (uint8_t[]){119, (uint8_t)len}, 2);
+    else
+        fput(f, (uint8_t[]){118, (uint8_t)(len >> 8), (uint8_t)len}, 3);
+    fput(f, t, len);
+}
+
+/* NEW_FUN_EXT from the tag; numfree inner terms written by body. */
+static void ffun(struct fbuf *f, const kiln_term *refs, bool spell, uint32_t numfree,
+                 void (*body)(struct fbuf *, const kiln_term *, bool))
+{
+    size_t at = f->n;
+    fput(f, (uint8_t[]){112, 0, 0, 0, 0, 1}, 6);
+    for (int i = 0; i < 16; i++)
+        fput(f, (uint8_t[]){(uint8_t)(i + 1)}, 1);
+    fput(f, (uint8_t[]){0, 0, 0, 3, (uint8_t)(numfree >> 24), (uint8_t)(numfree >> 16), (uint8_t)(numfree >> 8),
+                        (uint8_t)numfree},
+         8);
+    fatom(f, refs, 0, spell);
+    fput(f, (uint8_t[]){97, 3, 97, 7, 88}, 5);
+    fatom(f, refs, 1, spell);
+    fput(f, (uint8_t[]){0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2}, 12);
+    if (body)
+        body(f, refs, spell);
+    size_t size = f->n - at - 1;
+    f->b[at + 1] = (uint8_t)(size >> 24);
+    f->b[at + 2] = (uint8_t)(size >> 16);
+    f->b[at + 3] = (uint8_t)(size >> 8);
+    f->b[at + 4] = (uint8_t)size;
+}
+
+static void outer_body(struct fbuf *f, const kiln_term *refs, bool spell)
+{
+    fatom(f, refs, 2, spell);                  /* a 300-byte atom: ATOM_UTF8 */
+    ffun(f, refs, spell, 0, NULL);             /* a fun in a free variable */
+    fput(f, (uint8_t[]){104, 2, 113}, 3);      /* {fun M:N/1, M} */
+    fatom(f, refs, 0, spell);
+    fatom(f, refs, 1, spell);
+    fput(f, (uint8_t[]){97, 1}, 2);
+    fatom(f, refs, 0, spell);
+}
+
+static void test_fun_cache_refs_spelled_out(void **state)
+{
+    (void)state;
+    char longname[301];
+    for (int i = 0; i < 150; i++)
+        memcpy(longname + 2 * i, "\xC3\xA4", 2);
+    kiln_term refs[3] = {kiln_atom_c("lists"), kiln_atom_c("erl@host"), KILN_NONE};
+    assert_int_equal(kiln_atom(longname, 300, &refs[2]), KILN_OK);
+    struct fbuf in = {.n = 0}, want = {.n = 0};
+    fput(&in, (uint8_t[]){104, 2}, 2); /* {Fun, lists}: refs outside funs too */
+    ffun(&in, refs, false, 3, outer_body);
+    fatom(&in, refs, 0, false);
+    ffun(&want, refs, true, 3, outer_body);
+    kiln_etf_decode_opts o = {.atom_refs = refs, .n_atom_refs = 3};
+    kiln_msg *m = NULL;
+    size_t used = 0;
+    assert_int_equal(kiln_etf_decode_bare(in.b, in.n, &o, &m, &used), KILN_OK);
+    assert_int_equal(used, in.n);
+    kiln_term t = kiln_msg_term(m);
+    assert_true(kiln_tuple_get(t, 1) == refs[0]);
+    const uint8_t *kept;
+    size_t kn;
+    assert_int_equal(kiln_get_fun(kiln_tuple_get(t, 0), &kept, &kn), KILN_OK);
+    assert_int_equal(kn, want.n - 1);
+    assert_memory_equal(kept, want.b + 1, kn);
+    /* The kept bytes stand alone: they decode with no header... */
+    kiln_msg *m2 = NULL;
+    assert_int_equal(kiln_etf_decode_bare(want.b, want.n, &(kiln_etf_decode_opts){0}, &m2, &used), KILN_OK);
+    assert_true(kiln_term_eq(kiln_msg_term(m2), kiln_tuple_get(t, 0)));
+    kiln_msg_free(m2);
+    /* ...and measure agrees with what decoding took. */
+    size_t words = 0;
+    assert_int_equal(kiln_etf_measure(in.b, in.n, true, &o, &words, &used), KILN_OK);
+    assert_int_equal(used, in.n);
+    kiln_msg_free(m);
+    /* Spelling out is bounded like inflating: refs to a long atom cannot
+     * make a small packet cost much memory. */
+    o.max_uncompressed = 100;
+    assert_int_equal(kiln_etf_decode_bare(in.b, in.n, &o, &m, &used), KILN_ETOOBIG);
+}
+
 static void test_binaries_lent_not_copied(void **state)
 {
     (void)state;
@@ -244,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_legacy_tags_reencode_canonically),
         cmocka_unit_test(test_local_pids),
         cmocka_unit_test(test_atom_cache_refs),
+        cmocka_unit_test(test_fun_cache_refs_spelled_out),
         cmocka_unit_test(test_binaries_lent_not_copied),
         cmocka_unit_test(test_encoder_error_rolls_back),
         cmocka_unit_test(test_decode_into_and_measure),

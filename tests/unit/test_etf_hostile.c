@@ -234,14 +234,24 @@ static void test_bad_terms(void **state)
     memcpy(fixed, fun, sizeof fun);
     fixed[5] = (uint8_t)(sizeof fun - 2);
     assert_int_equal(dec(fixed, sizeof fixed), KILN_OK);
-    /* ...or contain a header-relative atom cache reference. */
-    static const uint8_t cached_fun[] = {131, 112, 0, 0, 0, 37, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    /* A header-relative atom cache reference inside is spelled out, and
+     * the Size grows to match (the kept bytes are the fixed fun's). */
+    static const uint8_t cached_fun[] = {131, 112, 0, 0, 0, 51, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
                                          16, 0, 0, 0, 0, 0, 0, 0, 0, 82, 0, 97, 0, 97, 0, 88, 119, 1, 'n', 0, 0, 0,
                                          1, 0, 0, 0, 1, 0, 0, 0, 1};
     kiln_term refs[1] = {kiln_atom_c("m")};
     kiln_etf_decode_opts o = {.atom_refs = refs, .n_atom_refs = 1};
     kiln_msg *m = NULL;
-    assert_int_equal(kiln_etf_decode(cached_fun, sizeof cached_fun, &o, &m, NULL), KILN_EUNSUPPORTED_TERM);
+    assert_int_equal(kiln_etf_decode(cached_fun, sizeof cached_fun, &o, &m, NULL), KILN_OK);
+    const uint8_t *kept;
+    size_t kn;
+    assert_int_equal(kiln_get_fun(kiln_msg_term(m), &kept, &kn), KILN_OK);
+    assert_int_equal(kn, sizeof fixed - 2);
+    assert_memory_equal(kept, fixed + 2, kn);
+    kiln_msg_free(m);
+    /* The ref must still name one of the header's atoms. */
+    o.n_atom_refs = 0;
+    assert_int_equal(kiln_etf_decode(cached_fun, sizeof cached_fun, &o, &m, NULL), KILN_EBADTERM);
 }
 
 static void test_compressed_lies(void **state)

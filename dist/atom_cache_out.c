@@ -1,0 +1,78 @@
+/* Outgoing atom cache (see atom_cache_out.h). */
+#include "dist/atom_cache_out.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+void kiln_out_refs_init(kiln_out_refs *r)
+{
+    r->n = 0;
+    r->max_header = 1;
+    /* ref_of is read only where used says so: no need to clear 2 KB. */
+    memset(r->used, 0, sizeof r->used);
+}
+
+static unsigned slot_of(kiln_term atom)
+{
+    /* Any hash does (the slot travels in the header); this one spreads
+     * the atom table's consecutive indices over all 2048. */
+    uint64_t h = (uint64_t)atom * 0x9E3779B97F4A7C15ull;
+    return (unsigned)(h >> 53);
+}
+
+int kiln_out_refs_hook(void *arg, kiln_term atom)
+{
+    kiln_out_refs *r = arg;
+    unsigned s = slot_of(atom);
+    if (r->used[s / 8] & (1u << (s % 8))) {
+        unsigned k = r->ref_of[s];
+        return r->atom[k] == atom ? (int)k : -1;
+    }
+    size_t len;
+    if (r->n == KILN_ATOM_CACHE_MAX_REFS || !kiln_atom_text(atom, &len))
+        return -1;
+    r->used[s / 8] |= (uint8_t)(1u << (s % 8));
+    r->ref_of[s] = (uint8_t)r->n;
+    r->atom[r->n] = atom;
+    r->slot[r->n] = (uint16_t)s;
+    /* A flag nibble, the index, a length of up to two bytes, the text. */
+    r->max_header += 1 + 3 + len;
+    return (int)r->n++;
+}
+
+size_t kiln_out_refs_header(const kiln_out_refs *r, kiln_out_cache *c, uint8_t *out)
+{
+    size_t n = r->n;
+    out[0] = (uint8_t)n;
+    if (n == 0)
+        return 1;
+    /* Long atoms (two length bytes) as soon as one new entry needs them. */
+    bool long_atoms = false;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        if (c->slot[r->slot[i]] != r->atom[i] && kiln_atom_text(r->atom[i], &len) && len > 255)
+            long_atoms = true;
+    }
+    size_t nflags = n / 2 + 1, o = 1 + nflags;
+    memset(out + 1, 0, nflags);
+    for (size_t i = 0; i < n; i++) {
+        unsigned s = r->slot[i];
+        bool fresh = c->slot[s] != r->atom[i];
+        unsigned nib = (s >> 8) | (fresh ? 8u : 0u);
+        out[1 + i / 2] |= (uint8_t)(nib << (4 * (i % 2)));
+        out[o++] = (uint8_t)(s & 0xFF);
+        if (fresh) {
+            size_t len;
+            const char *text = kiln_atom_text(r->atom[i], &len);
+            if (long_atoms)
+                out[o++] = (uint8_t)(len >> 8);
+            out[o++] = (uint8_t)len;
+            memcpy(out + o, text, len);
+            o += len;
+            c->slot[s] = r->atom[i];
+        }
+    }
+    if (long_atoms)
+        out[1 + n / 2] |= (uint8_t)(1u << (4 * (n % 2)));
+    return o;
+}
