@@ -100,7 +100,13 @@ static void seeds(const char *dir)
     kiln_term peer = kiln_atom_c("peer@host");
     kiln_term pid = kiln_ext_pid(m, peer, 7, 0, 5), me = kiln_local_pid(3, 0);
     uint32_t w[3] = {1, 2, 3};
-    kiln_term ref = kiln_ref(m, peer, 5, w, 3), msg = kiln_build(m, "{hello,[1,2|3],#{a => <<\"b\">>},3.5}");
+    kiln_term ref = kiln_ref(m, peer, 5, w, 3);
+    kiln_term msg = kiln_build(m, "{hello,[1,2|3],#{a => ~b},~f}", "b", (size_t)1, 3.5);
+    if (kiln_is_none(msg)) {
+        /* Seeds without a payload would all be rejected: say so. */
+        fprintf(stderr, "fuzz_dist_frame: the seed message did not build\n");
+        exit(1);
+    }
     kiln_term ctrls[] = {
         kiln_build(m, "{2,'',~t}", me),
         kiln_build(m, "{22,~t,~t}", pid, me),
