@@ -63,6 +63,7 @@ static struct {
     kiln_rt *rt;
     /* Distribution (the *_remote scenarios and --serve). */
     const char *node_name, *peer, *cookie;
+    size_t fragment_size; /* 0: the node's default */
     kiln_node *node;
 } g = {.reps = 3};
 
@@ -1233,6 +1234,7 @@ static void start_node(const char *name)
     /* perf/run starts a private EPMD and names it in ERL_EPMD_PORT; not
      * finding it is an error, not a reason to become one. */
     cfg.no_embedded_epmd = true;
+    cfg.fragment_size = g.fragment_size;
     int rc = kiln_node_start(g.rt, &cfg, &g.node);
     if (rc != KILN_OK)
         die("kiln_node_start", rc);
@@ -1582,7 +1584,7 @@ static const struct scenario scenarios[] = {
 static _Noreturn void usage(void)
 {
     fprintf(stderr, "usage: kiln_bench SCENARIO [--quick] [--reps N] [--workers N]\n"
-                    "                  [--node NAME --peer NODE] [--cookie C]   (*_remote)\n"
+                    "                  [--node NAME --peer NODE] [--cookie C] [--fragment-size B]   (*_remote)\n"
                     "       kiln_bench --serve NAME [--cookie C] [--workers N]\n"
                     "       kiln_bench --list\n");
     exit(2);
@@ -1616,6 +1618,8 @@ int main(int argc, char **argv)
             g.peer = argv[++i];
         } else if (strcmp(a, "--cookie") == 0 && i + 1 < argc) {
             g.cookie = argv[++i];
+        } else if (strcmp(a, "--fragment-size") == 0 && i + 1 < argc) {
+            g.fragment_size = (size_t)strtoull(argv[++i], NULL, 10);
         } else if (a[0] != '-' && !sc) {
             for (size_t k = 0; k < nsc; k++)
                 if (strcmp(a, scenarios[k].name) == 0)

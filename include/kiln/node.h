@@ -37,8 +37,8 @@ typedef struct kiln_node_config {
     bool no_embedded_epmd;
     unsigned net_ticktime;  /* seconds (Erlang's net_ticktime); 0 = 60 */
     /* Messages larger than this go out in fragments, so one big message
-     * does not hold up small ones on the same connection; 0 = 64 KiB (what
-     * OTP uses). */
+     * does not hold up small ones on the same connection; 0 = 256 KiB
+     * (measured: docs/dist.md; OTP uses 64 KiB). */
     size_t fragment_size;
 } kiln_node_config;
 
