@@ -8,16 +8,10 @@
 #include "dist/node_internal.h"
 #include "runtime/alloc.h"
 
-/* ALIVE2 on a new socket; on success *fd is the registration to hold. */
-static int alive2(kiln_node *n, int *fd, uint32_t *creation, uint32_t *err)
+kiln_epmd_node kiln_epmd_self(const kiln_node *n)
 {
-    int rc = kiln_tcp_connect("127.0.0.1", n->epmd_port, 2000, fd);
-    if (rc != KILN_OK) {
-        *err = (uint32_t)kiln_io_errno();
-        return rc;
-    }
     const char *at = strchr(n->name_text, '@');
-    kiln_epmd_node me = {
+    return (kiln_epmd_node){
         .port = n->port,
         .type = n->hidden ? KILN_EPMD_NODE_HIDDEN : KILN_EPMD_NODE_NORMAL,
         .protocol = KILN_EPMD_PROTO_TCP,
@@ -26,6 +20,17 @@ static int alive2(kiln_node *n, int *fd, uint32_t *creation, uint32_t *err)
         .name = (const uint8_t *)n->name_text,
         .name_len = (size_t)(at - n->name_text),
     };
+}
+
+/* ALIVE2 on a new socket; on success *fd is the registration to hold. */
+static int alive2(kiln_node *n, int *fd, uint32_t *creation, uint32_t *err)
+{
+    int rc = kiln_tcp_connect("127.0.0.1", n->epmd_port, 2000, fd);
+    if (rc != KILN_OK) {
+        *err = (uint32_t)kiln_io_errno();
+        return rc;
+    }
+    kiln_epmd_node me = kiln_epmd_self(n);
     uint8_t buf[64 + KILN_NODE_NAME_MAX];
     size_t len;
     rc = kiln_epmd_enc_alive2_req(buf, sizeof buf, &me, &len);

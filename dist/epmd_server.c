@@ -137,16 +137,7 @@ int kiln_epmd_serve(kiln_node *n, uint32_t *creation)
         n->epmd_lfd = -1;
         return KILN_ENOMEM;
     }
-    const char *at = strchr(n->name_text, '@');
-    kiln_epmd_node me = {
-        .port = n->port,
-        .type = n->hidden ? KILN_EPMD_NODE_HIDDEN : KILN_EPMD_NODE_NORMAL,
-        .protocol = KILN_EPMD_PROTO_TCP,
-        .highest = KILN_EPMD_HIGHEST_VERSION,
-        .lowest = KILN_EPMD_LOWEST_VERSION,
-        .name = (const uint8_t *)n->name_text,
-        .name_len = (size_t)(at - n->name_text),
-    };
+    kiln_epmd_node me = kiln_epmd_self(n);
     /* Our own registration needs no socket: connection id 0 never closes. */
     pthread_mutex_lock(&n->epmd_lock);
     rc = kiln_epmd_server_register(n->epmd, 0, &me, creation);

@@ -274,6 +274,15 @@ static void kill_proc(kiln_rt *rt, kiln_term pid)
         kiln_rt_exit(rt, pid, KILN_ATOM_KILL);
 }
 
+/* Up to 5 s for a killed process to be gone. */
+static void await_dead(kiln_rt *rt, kiln_term pid)
+{
+    for (int t = 0; t < 5000 && pid && !kiln_is_none(pid) && kiln_is_alive(rt, pid); t++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int kiln_node_stop(kiln_node *n)
 {
     if (!n)
@@ -303,11 +312,7 @@ int kiln_node_stop(kiln_node *n)
     kill_proc(rt, n->epmd_holder);
     /* The holder may be taking over EPMD (epmd_client.c): it must be gone
      * before the server it may have started is stopped. */
-    for (int t = 0; t < 5000 && n->epmd_holder && !kiln_is_none(n->epmd_holder) && kiln_is_alive(rt, n->epmd_holder);
-         t++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
+    await_dead(rt, n->epmd_holder);
     kiln_epmd_serve_stop(n);
     if (kiln_rt_dist(rt, NULL) == &kiln_node_dist_ops) {
         kiln_rt_set_dist(rt, NULL, NULL);
@@ -318,10 +323,7 @@ int kiln_node_stop(kiln_node *n)
     /* Killed processes must be gone before their node's memory is. */
     kiln_term pids[] = {n->acceptor, n->net_kernel, n->rex, n->global, n->epmd_holder};
     for (size_t i = 0; i < sizeof pids / sizeof pids[0]; i++)
-        for (int t = 0; t < 5000 && pids[i] && !kiln_is_none(pids[i]) && kiln_is_alive(rt, pids[i]); t++) {
-            struct timespec ts = {0, 1000000};
-            nanosleep(&ts, NULL);
-        }
+        await_dead(rt, pids[i]);
     if (n->lfd >= 0)
         close(n->lfd);
     /* Connections that never got a process to clean them up. */

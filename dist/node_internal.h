@@ -164,6 +164,8 @@ int kiln_rpc_spawn_reply(kiln_node *n, kiln_term ctrl);
  * process for the node's life); *creation on success. KILN_ESYS with
  * ECONNREFUSED when no EPMD listens. */
 int kiln_epmd_register(kiln_node *n, uint32_t *creation);
+/* This node as an EPMD entry (ALIVE2, or our own server's table). */
+kiln_epmd_node kiln_epmd_self(const kiln_node *n);
 /* PORT_PLEASE2 (in a process): the distribution port of alive@host. */
 int kiln_epmd_port_please(kiln_node *n, const char *host, const char *alive, uint16_t *port);
 

@@ -52,14 +52,9 @@ static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
             kiln_demonitor_target(p, &mon);
         kiln_monitor_release(&mon);
     }
-    struct kiln_proc_ext *e = p->ext;
-    uint64_t *a = e ? e->aliases.items : NULL;
-    for (uint32_t i = 0; e && i < e->aliases.len; i++) {
-        if ((a[i] & ~(1ull << 63)) == n) {
-            kiln_vec_remove(&e->aliases, i, sizeof(uint64_t));
-            break;
-        }
-    }
+    int i = kiln_alias_index(p->ext, n);
+    if (i >= 0)
+        kiln_vec_remove(&p->ext->aliases, (uint32_t)i, sizeof(uint64_t));
 }
 
 static int noproc(kiln_msg **reason)

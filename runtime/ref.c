@@ -86,12 +86,18 @@ int kiln_unalias(kiln_term alias)
     kiln_term apid;
     if (!kiln_ref_number(p->rt, alias, &n, &apid) || apid != p->pid || !p->ext)
         return KILN_EBADARG;
-    uint64_t *a = p->ext->aliases.items;
-    for (uint32_t i = 0; i < p->ext->aliases.len; i++) {
-        if ((a[i] & ~(1ull << 63)) == n) {
-            kiln_vec_remove(&p->ext->aliases, i, sizeof(uint64_t));
-            return KILN_OK;
-        }
-    }
-    return KILN_EBADARG;
+    int i = kiln_alias_index(p->ext, n);
+    if (i < 0)
+        return KILN_EBADARG;
+    kiln_vec_remove(&p->ext->aliases, (uint32_t)i, sizeof(uint64_t));
+    return KILN_OK;
+}
+
+int kiln_alias_index(const struct kiln_proc_ext *e, uint64_t n)
+{
+    const uint64_t *a = e ? e->aliases.items : NULL;
+    for (uint32_t i = 0; e && i < e->aliases.len; i++)
+        if ((a[i] & ~(1ull << 63)) == n)
+            return (int)i;
+    return -1;
 }

@@ -316,6 +316,9 @@ uint64_t kiln_ref_next(kiln_rt *rt);
 kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pid);
 /* The unique number of a local ref, and the pid an alias ref routes to. */
 bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid);
+/* Index of alias number n in e's aliases (the top bit of an entry marks
+ * reply-once), or -1. e may be NULL. */
+int kiln_alias_index(const struct kiln_proc_ext *e, uint64_t n);
 
 /* ---- registry.c ---- */
 int kiln_registry_init(kiln_rt *rt);

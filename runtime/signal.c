@@ -285,17 +285,12 @@ void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m)
 static bool alias_active(struct kiln_proc *p, uint64_t n, bool consume)
 {
     struct kiln_proc_ext *e = p->ext;
-    if (!e)
+    int i = kiln_alias_index(e, n);
+    if (i < 0)
         return false;
-    uint64_t *a = e->aliases.items;
-    for (uint32_t i = 0; i < e->aliases.len; i++) {
-        if ((a[i] & ~(1ull << 63)) == n) {
-            if (consume && (a[i] >> 63))
-                kiln_vec_remove(&e->aliases, i, sizeof(uint64_t));
-            return true;
-        }
-    }
-    return false;
+    if (consume && (((uint64_t *)e->aliases.items)[i] >> 63))
+        kiln_vec_remove(&e->aliases, (uint32_t)i, sizeof(uint64_t));
+    return true;
 }
 
 static bool exiting(struct kiln_proc *p)
@@ -592,14 +587,7 @@ void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon)
     /* The DEMONITOR must carry the very reference the MONITOR did: a
      * call's monitor reference is also its reply alias (call.c), which
      * adds words, and a remote node matches references whole. */
-    kiln_term alias = KILN_NONE;
-    const struct kiln_proc_ext *e = p->ext;
-    const uint64_t *a = e ? e->aliases.items : NULL;
-    for (uint32_t i = 0; e && i < e->aliases.len; i++)
-        if ((a[i] & ~(1ull << 63)) == mon->ref) {
-            alias = p->pid;
-            break;
-        }
+    kiln_term alias = kiln_alias_index(p->ext, mon->ref) >= 0 ? p->pid : KILN_NONE;
     dm->aux = kiln_ref_term(dm, rt, mon->ref, alias);
     if (kiln_is_local_pid(mon->pid)) {
         kiln_send_signal(rt, mon->pid, dm);
