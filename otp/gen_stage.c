@@ -100,6 +100,12 @@ struct stage {
     kiln_stage_type type;
     kiln_stage_sub *producers; /* subscriptions we consume from */
     kiln_stage_sub *consumers; /* subscriptions we produce for */
+    /* Subscriptions between lists while a user callback runs: a callback
+     * may block, and a process killed while blocked never returns to free
+     * what only a local variable held. */
+    kiln_stage_sub *leaving;
+    kiln_msg *cb_batch;  /* the batch handle_events is looking at */
+    kiln_msg *cb_cancel; /* the reason handle_cancel is looking at */
     /* producer, producer_consumer */
     const kiln_stage_dispatcher_ops *dops;
     void *dstate;
@@ -205,6 +211,14 @@ static void sub_free(kiln_stage_sub *sub)
     }
 }
 
+static void free_subs(kiln_stage_sub *list)
+{
+    for (kiln_stage_sub *next; list; list = next) {
+        next = list->next;
+        sub_free(list);
+    }
+}
+
 static kiln_stage_sub *find_ref(kiln_stage_sub *list, kiln_term ref)
 {
     for (; list; list = list->next)
@@ -230,6 +244,18 @@ static void unlink_sub(kiln_stage_sub **list, kiln_stage_sub *sub)
             return;
         }
     }
+}
+
+static void park_sub(struct stage *s, kiln_stage_sub *sub)
+{
+    sub->next = s->leaving;
+    s->leaving = sub;
+}
+
+static void drop_sub(struct stage *s, kiln_stage_sub *sub)
+{
+    unlink_sub(&s->leaving, sub);
+    sub_free(sub);
 }
 
 /* {Tag, {Self, Ref}, {Atom, Value}} to pid, in a process. Value is copied. */
@@ -510,7 +536,9 @@ static void call_handle_cancel(struct stage *s, kiln_term kind, kiln_term reason
         set_stop(s, kiln_atom_c("enomem"));
         return;
     }
+    s->cb_cancel = m;
     apply_noreply(s, s->cb->handle_cancel(s->state, kr, from));
+    s->cb_cancel = NULL;
     kiln_msg_free(m);
 }
 
@@ -522,12 +550,13 @@ static void call_handle_cancel(struct stage *s, kiln_term kind, kiln_term reason
 static void producer_cancel(struct stage *s, kiln_stage_sub *sub, kiln_term kind, kiln_term reason)
 {
     unlink_sub(&s->consumers, sub);
+    park_sub(s, sub);
     if (!kiln_is_none(sub->mon))
         kiln_demonitor(sub->mon, true);
     send_proto(sub->pid, a_gen_consumer, sub->ref, a_cancel, reason);
     int64_t demand = s->dops->cancel(s->dstate, sub);
     call_handle_cancel(s, kind, reason, sub->from);
-    sub_free(sub);
+    drop_sub(s, sub);
     handle_dispatcher_result(s, demand);
 }
 
@@ -671,7 +700,9 @@ static void consumer_dispatch(struct stage *s, kiln_stage_sub *sub, kiln_term ev
                 return;
             }
         }
+        s->cb_batch = bm;
         apply_noreply(s, s->cb->handle_events(s->state, batch, from));
+        s->cb_batch = NULL;
         kiln_msg_free(bm);
         if (!s->stop)
             send_ask(sub, ask);
@@ -704,6 +735,7 @@ static void pc_append(struct stage *s, struct pc_entry *e)
 static void consumer_cancel(struct stage *s, kiln_stage_sub *sub, kiln_term kind, kiln_term reason)
 {
     unlink_sub(&s->producers, sub);
+    park_sub(s, sub);
     kiln_demonitor(sub->ref, true);
     if (s->type == KILN_STAGE_PRODUCER_CONSUMER && s->pcq_head) {
         /* Events of this producer are still queued: they are handled
@@ -719,7 +751,7 @@ static void consumer_cancel(struct stage *s, kiln_stage_sub *sub, kiln_term kind
             e->from = kiln_term_copy(m, sub->from);
             if (!kiln_is_none(e->reason) && !kiln_is_none(e->from)) {
                 pc_append(s, e);
-                sub_free(sub);
+                drop_sub(s, sub);
                 return;
             }
         }
@@ -728,7 +760,7 @@ static void consumer_cancel(struct stage *s, kiln_stage_sub *sub, kiln_term kind
         /* No memory to queue it: cancel now rather than lose it. */
     }
     invoke_cancel(s, sub->cancel, kind, reason, sub->from);
-    sub_free(sub);
+    drop_sub(s, sub);
 }
 
 static void take_pc_events(struct stage *s)
@@ -849,6 +881,7 @@ static void consumer_subscribe(struct stage *s, kiln_term current, kiln_term to,
         *reply = ok_fresh_ref();
         return;
     }
+    park_sub(s, sub);
     sub->pid = kiln_term_copy(sub->m, pid);
     sub->opts = kiln_term_copy(sub->m, opts);
     sub->from = kiln_tuple(sub->m, 2, sub->pid, sub->ref);
@@ -864,7 +897,7 @@ static void consumer_subscribe(struct stage *s, kiln_term current, kiln_term to,
     if (kiln_is_none(msg) || kiln_is_none(sub->from) || kiln_is_none(sub->opts)) {
         kiln_msg_free(m);
         kiln_demonitor(sub->ref, true);
-        sub_free(sub);
+        drop_sub(s, sub);
         set_stop(s, kiln_atom_c("enomem"));
         return;
     }
@@ -880,6 +913,7 @@ static void consumer_subscribe(struct stage *s, kiln_term current, kiln_term to,
             send_ask(sub, max);
             sub->demand = max;
         }
+        unlink_sub(&s->leaving, sub);
         sub->next = s->producers;
         s->producers = sub;
         *reply = reply_of(KILN_ATOM_OK, sub->ref);
@@ -889,7 +923,7 @@ static void consumer_subscribe(struct stage *s, kiln_term current, kiln_term to,
         else
             stop_tagged(s, a_bad_return_value, kiln_small((int64_t)r.action));
         kiln_demonitor(sub->ref, true);
-        sub_free(sub);
+        drop_sub(s, sub);
     }
     kiln_msg_free(r.hold);
 }
@@ -1006,14 +1040,11 @@ struct stage_start {
 
 static void stage_free(struct stage *s)
 {
-    for (kiln_stage_sub *sub = s->producers, *next; sub; sub = next) {
-        next = sub->next;
-        sub_free(sub);
-    }
-    for (kiln_stage_sub *sub = s->consumers, *next; sub; sub = next) {
-        next = sub->next;
-        sub_free(sub);
-    }
+    free_subs(s->producers);
+    free_subs(s->consumers);
+    free_subs(s->leaving);
+    kiln_msg_free(s->cb_batch);
+    kiln_msg_free(s->cb_cancel);
     if (s->dops)
         s->dops->destroy(s->dstate);
     kiln_stage_queue_clear(&s->buffer);

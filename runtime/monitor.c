@@ -109,9 +109,11 @@ int kiln_demonitor(kiln_term ref, bool flush)
         kiln_monitor_release(&mon);
     }
     if (flush) {
-        /* A DOWN that already became a message is removed; later ones are
-         * dropped on arrival because the monitor is gone. */
-        kiln_proc_drain(p);
+        /* A DOWN that already became a message is removed; one still in
+         * the inbox is dropped on arrival because the monitor is gone. The
+         * inbox is not drained here: that would act on exit signals too,
+         * and a process must not die inside a call that does not block
+         * (its caller would lose whatever only it held). */
         kiln_msg *prev = NULL, *m = p->save_head;
         while (m) {
             kiln_msg *next = atomic_load_explicit(&m->next, memory_order_relaxed);
