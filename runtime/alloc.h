@@ -13,4 +13,18 @@
 #define kiln_realloc(p, n) realloc(p, n)
 #define kiln_free(p) free(p)
 
+/* Blocks whose size the freeing side knows (message arenas). With jemalloc
+ * the size spares free() its look-up; mallocx/sdallocx are jemalloc's own
+ * names, so the pair stays jemalloc's even where another malloc wins the
+ * symbol interposition. */
+#ifdef KILN_JEMALLOC
+void *mallocx(size_t size, int flags);
+void sdallocx(void *ptr, size_t size, int flags);
+#define kiln_malloc_sized(n) mallocx(n, 0)
+#define kiln_free_sized(p, n) sdallocx(p, n, 0)
+#else
+#define kiln_malloc_sized(n) malloc(n)
+#define kiln_free_sized(p, n) ((void)(n), free(p))
+#endif
+
 #endif

@@ -300,10 +300,61 @@ int kiln_atoms_init(void)
     return init_result;
 }
 
+/* A per-thread direct-mapped memo of recent look-ups. Decoding and
+ * kiln_atom_c meet the same few atoms over and over; a hit costs one
+ * memcmp against the table's own (permanent, already checked) text instead
+ * of a UTF-8 check and a hash-set probe. */
+#define MEMO_SLOTS 256
+struct atom_memo {
+    const char *text;
+    size_t len;
+    kiln_term atom;
+};
+static _Thread_local struct atom_memo memo[MEMO_SLOTS];
+
+static size_t memo_slot(const char *utf8, size_t len)
+{
+    uint64_t h = len;
+    if (len >= 8) {
+        /* Fixed-size copies are plain loads; a variable-size one into a
+         * word stalls store forwarding. */
+        uint64_t head, tail;
+        memcpy(&head, utf8, 8);
+        memcpy(&tail, utf8 + len - 8, 8);
+        h ^= head ^ (tail * UINT64_C(0xff51afd7ed558ccd));
+    } else {
+        for (size_t i = 0; i < len; i++)
+            h = (h << 8) | (unsigned char)utf8[i];
+    }
+    return (size_t)((h * UINT64_C(0x9e3779b97f4a7c15)) >> 56);
+}
+
+static bool memo_get(const char *utf8, size_t len, kiln_term *out)
+{
+    if (!utf8 || len > MAX_BYTES)
+        return false;
+    const struct atom_memo *e = &memo[memo_slot(utf8, len)];
+    if (!e->text || e->len != len || memcmp(e->text, utf8, len) != 0)
+        return false;
+    *out = e->atom;
+    return true;
+}
+
+static void memo_put(const struct atom_entry *e)
+{
+    const char *text = atomic_load_explicit(&e->text, memory_order_acquire);
+    struct atom_memo *m = &memo[memo_slot(text, e->len)];
+    m->text = text;
+    m->len = e->len;
+    m->atom = kiln_atom_from_index(e->index);
+}
+
 int kiln_atom(const char *utf8, size_t len, kiln_term *out)
 {
     if (!out)
         return KILN_EINVAL;
+    if (memo_get(utf8, len, out))
+        return KILN_OK;
     int rc = check_text(utf8, len);
     if (rc != KILN_OK)
         return rc;
@@ -311,6 +362,7 @@ int kiln_atom(const char *utf8, size_t len, kiln_term *out)
         return rc;
     struct atom_entry *e = lookup(utf8, len);
     if (e) {
+        memo_put(e);
         *out = kiln_atom_from_index(e->index);
         return KILN_OK;
     }
@@ -335,6 +387,8 @@ int kiln_atom_existing(const char *utf8, size_t len, kiln_term *out)
 {
     if (!out)
         return KILN_EINVAL;
+    if (memo_get(utf8, len, out))
+        return KILN_OK;
     int rc = check_text(utf8, len);
     if (rc != KILN_OK)
         return rc;
@@ -343,6 +397,7 @@ int kiln_atom_existing(const char *utf8, size_t len, kiln_term *out)
     struct atom_entry *e = lookup(utf8, len);
     if (!e)
         return KILN_ENOTREG;
+    memo_put(e);
     *out = kiln_atom_from_index(e->index);
     return KILN_OK;
 }

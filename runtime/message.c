@@ -13,7 +13,7 @@ kiln_msg *kiln_msg_new_words(size_t n)
 {
     if (n > (SIZE_MAX - sizeof(kiln_msg)) / 8)
         return NULL;
-    kiln_msg *m = kiln_malloc(sizeof(kiln_msg) + n * 8);
+    kiln_msg *m = kiln_malloc_sized(sizeof(kiln_msg) + n * 8);
     if (!m)
         return NULL;
     atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
@@ -50,10 +50,10 @@ void kiln_msg_free(kiln_msg *m)
     struct kiln_msg_chunk *c = m->chunks;
     while (c) {
         struct kiln_msg_chunk *next = c->next;
-        kiln_free(c);
+        kiln_free_sized(c, sizeof(*c) + c->words * 8);
         c = next;
     }
-    kiln_free(m);
+    kiln_free_sized(m, sizeof(kiln_msg) + m->inline_words * 8);
 }
 
 kiln_term *kiln_msg_alloc_words(kiln_msg *m, size_t n)
@@ -70,7 +70,7 @@ uint64_t *kiln_arena_grow(kiln_msg *m, size_t n)
     size_t want = n > have ? n : have;
     if (want > (SIZE_MAX - sizeof(struct kiln_msg_chunk)) / 8)
         return NULL;
-    struct kiln_msg_chunk *c = kiln_malloc(sizeof(*c) + want * 8);
+    struct kiln_msg_chunk *c = kiln_malloc_sized(sizeof(*c) + want * 8);
     if (!c)
         return NULL;
     c->words = want;

@@ -336,6 +336,9 @@ static int compare(kiln_term a, kiln_term b, bool exact)
 {
     if (a == b)
         return 0;
+    /* Small integers are most map keys and most sort keys. */
+    if (kiln_is_small(a) && kiln_is_small(b))
+        return kiln_small_value(a) < kiln_small_value(b) ? -1 : 1;
     struct walk w = {.f = NULL, .n = 0, .cap = 32};
     w.f = w.small;
     int r = cmp_step(&w, a, b, exact);
