@@ -1,6 +1,7 @@
 /* The io_uring back end. Processes put operations on one shared ring (a
  * mutex serialises the submission side); the back end's thread reaps
- * completions and wakes the processes.
+ * completions and wakes the processes. Receives and sends first try a
+ * non-blocking call and use the ring only to wait (see done_now).
  *
  * Each operation is a message whose arena is its buffer: the kernel reads
  * and writes that memory, never the caller's. The completion fills it and
@@ -237,14 +238,37 @@ static void prep_recv(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
     io_uring_prep_recv(sqe, a->fd, data_of(m), a->len, 0);
 }
 
+/* What the socket already holds, or can take, is moved at once with a
+ * non-blocking call: an operation on the ring costs a completion and a
+ * wake-up of the waiting process, which is worth paying only to wait.
+ * Under load (a stream, a large message arriving in pieces) most calls
+ * find data or room, as a poll-based runtime's read loop does.
+ * false: go through the ring; true: done, with *rc (and *n on success). */
+static bool done_now(struct kiln_proc *p, ssize_t r, size_t *n, int *rc)
+{
+    if (r >= 0) {
+        *n = (size_t)r;
+        *rc = KILN_OK;
+        return true;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return false;
+    *rc = kiln_io_fail(p, errno);
+    return true;
+}
+
 static int u_recv(struct kiln_proc *p, int fd, void *buf, size_t cap, uint64_t deadline, size_t *got)
 {
+    int rc;
+    if (done_now(p, recv(fd, buf, cap, MSG_DONTWAIT), got, &rc))
+        return rc;
     size_t len = cap < RECV_CHUNK ? cap : RECV_CHUNK;
     kiln_msg *m = op_new(p, len), *back;
     if (!m)
         return KILN_ENOMEM;
     struct fd_arg a = {.fd = fd, .len = len};
-    int res, rc = run_op(p, m, prep_recv, &a, deadline, &res, &back);
+    int res;
+    rc = run_op(p, m, prep_recv, &a, deadline, &res, &back);
     if (rc != KILN_OK)
         return rc;
     if (res >= 0) {
@@ -263,6 +287,10 @@ static void prep_send(struct io_uring_sqe *sqe, kiln_msg *m, void *arg)
 
 static int u_send(struct kiln_proc *p, int fd, const struct iovec *iov, int iovcnt, uint64_t deadline, size_t *sent)
 {
+    struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+    int rc;
+    if (done_now(p, sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL), sent, &rc))
+        return rc;
     /* All the frames go out as one operation on one buffer: one
      * submission, one system call's worth of work for the kernel. */
     size_t total = 0;
@@ -280,7 +308,8 @@ static int u_send(struct kiln_proc *p, int fd, const struct iovec *iov, int iovc
         off += n;
     }
     struct fd_arg a = {.fd = fd, .len = total};
-    int res, rc = run_op(p, m, prep_send, &a, deadline, &res, &back);
+    int res;
+    rc = run_op(p, m, prep_send, &a, deadline, &res, &back);
     if (rc != KILN_OK)
         return rc;
     kiln_msg_free(back);
