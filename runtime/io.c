@@ -49,9 +49,19 @@ int kiln_io_start(kiln_rt *rt)
 
 void kiln_io_stop(kiln_rt *rt)
 {
-    if (!rt->io)
+    if (!rt->io || rt->io_stopped)
         return;
     rt->io->ops->stop(rt);
+    rt->io_stopped = true;
+}
+
+void kiln_io_fini(kiln_rt *rt)
+{
+    if (!rt->io)
+        return;
+    kiln_io_stop(rt);
+    if (rt->io->ops->fini)
+        rt->io->ops->fini(rt);
     kiln_free(rt->io);
     rt->io = NULL;
 }

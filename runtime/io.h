@@ -1,6 +1,7 @@
-/* The I/O layer's inside: one back end per runtime (io_uring or epoll),
- * each with its own thread that turns completions or readiness into WAKE
- * signals for the waiting processes. */
+/* The I/O layer's inside: one back end per runtime (io_uring or epoll)
+ * turns completions or readiness into WAKE signals for the waiting
+ * processes: epoll from its own thread, io_uring from the scheduler's
+ * first worker (see wait below). */
 #ifndef KILN_RUNTIME_IO_H
 #define KILN_RUNTIME_IO_H
 
@@ -26,7 +27,16 @@ struct kiln_io_backend_ops {
     void (*forget_fd)(struct kiln_rt *rt, int fd);
     /* p is dying while it waits on the operation named by p's io_token. */
     void (*abandon)(struct kiln_rt *rt, struct kiln_proc *p);
+    /* Every operation is back and freed; the state stays until fini
+     * (the first worker may still look at it until the workers stop). */
     void (*stop)(struct kiln_rt *rt);
+    void (*fini)(struct kiln_rt *rt); /* optional */
+    /* Optional: completions are reaped by the first worker, not by a
+     * thread of the back end. Waits up to timeout_ms (0: only looks; -1:
+     * no limit) until something completes or the scheduler's eventfd is
+     * written, and returns up to cap WAKE messages to deliver. */
+    size_t (*wait)(struct kiln_rt *rt, int64_t timeout_ms, kiln_msg **out, size_t cap);
+    bool (*ready)(struct kiln_rt *rt); /* with wait: anything to take? */
 };
 
 struct kiln_io {
@@ -38,6 +48,7 @@ struct kiln_io {
  * io_uring to epoll when the kernel refuses io_uring. */
 int kiln_io_start(struct kiln_rt *rt);
 void kiln_io_stop(struct kiln_rt *rt);
+void kiln_io_fini(struct kiln_rt *rt); /* after the workers stopped */
 
 int kiln_io_uring_start(struct kiln_rt *rt, struct kiln_io *io);
 int kiln_io_epoll_start(struct kiln_rt *rt, struct kiln_io *io);

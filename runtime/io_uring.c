@@ -1,7 +1,12 @@
 /* The io_uring back end. Processes put operations on one shared ring (a
- * mutex serialises the submission side); the back end's thread reaps
- * completions and wakes the processes. Receives and sends first try a
- * non-blocking call and use the ring only to wait (see done_now).
+ * mutex serialises the submission side). Completions are reaped by the
+ * first worker: it waits on the ring when it parks, and looks at it
+ * between runs when busy, so a completion's process is made runnable on
+ * the thread that saw it, with no hand-over from an I/O thread to a parked
+ * worker (that costs a wake-up per completion; see docs/design.md). The
+ * scheduler interrupts the wait through an eventfd whose read is kept on
+ * the ring. Receives and sends first try a non-blocking call and use the
+ * ring only to wait (see done_now).
  *
  * Each operation is a message whose arena is its buffer: the kernel reads
  * and writes that memory, never the caller's. The completion fills it and
@@ -15,6 +20,7 @@
 #include <liburing.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,7 +29,7 @@
 #include "rt.h"
 
 #define UD_IGNORE 0ull /* linked timeouts and cancels: nothing to deliver */
-#define UD_STOP 1ull
+#define UD_WAKEFD 1ull /* the read on the scheduler's eventfd */
 
 #define RING_ENTRIES 1024u
 /* Receives go through the operation's own buffer; bigger reads take
@@ -39,10 +45,11 @@ struct uring_op {
 struct uring_impl {
     struct io_uring ring;
     pthread_mutex_t lock;
-    pthread_t thread;
     kiln_rt *rt;
     size_t inflight;       /* under lock */
     bool stopping;         /* under lock */
+    uint64_t wake_buf;     /* the eventfd read lands here */
+    bool wake_armed;       /* under lock */
 };
 
 static struct uring_op *op_of(kiln_msg *m) { return (struct uring_op *)(void *)m->inline_data; }
@@ -60,51 +67,84 @@ static kiln_msg *op_new(struct kiln_proc *p, size_t data)
     return m;
 }
 
-static void *reaper(void *arg)
+/* Keeps a read on the scheduler's eventfd on the ring, so that a write
+ * to it ends a wait. Caller holds u->lock; submitted with the next
+ * submission or wait. */
+static void arm_wake_locked(struct uring_impl *u)
 {
-    struct uring_impl *u = arg;
-    for (;;) {
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&u->ring, &cqe);
-        if (rc == -EINTR)
+    if (u->wake_armed || u->stopping || u->rt->io_wake_fd < 0)
+        return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+        if (!sqe)
+            return;
+    }
+    io_uring_prep_read(sqe, u->rt->io_wake_fd, &u->wake_buf, sizeof u->wake_buf, 0);
+    io_uring_sqe_set_data64(sqe, UD_WAKEFD);
+    u->wake_armed = true;
+    io_uring_submit(&u->ring);
+}
+
+/* Takes what completed; the operations' messages, turned into WAKEs, go
+ * to out (up to cap) for the caller to deliver. Consumer side of the ring:
+ * one thread at a time (the scheduler's io_poll_lock). */
+static size_t take(struct uring_impl *u, kiln_msg **out, size_t cap)
+{
+    size_t got = 0;
+    unsigned head, n = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&u->ring, head, cqe)
+    {
+        if (got == cap)
+            break;
+        n++;
+        if (cqe->user_data == UD_IGNORE)
             continue;
-        if (rc < 0) {
+        if (cqe->user_data == UD_WAKEFD) {
+            pthread_mutex_lock(&u->lock);
+            u->wake_armed = false;
+            arm_wake_locked(u);
+            pthread_mutex_unlock(&u->lock);
+            continue;
+        }
+        kiln_msg *m = (kiln_msg *)(uintptr_t)cqe->user_data;
+        /* Handed over through the kernel, which TSan cannot see. */
+        KILN_TSAN_ACQUIRE(m);
+        m->kind = KILN_MK_WAKE;
+        m->from = (kiln_term)(int64_t)cqe->res;
+        pthread_mutex_lock(&u->lock);
+        u->inflight--;
+        bool stopping = u->stopping;
+        pthread_mutex_unlock(&u->lock);
+        if (stopping)
+            kiln_msg_free(m);
+        else
+            out[got++] = m;
+    }
+    io_uring_cq_advance(&u->ring, n);
+    return got;
+}
+
+static size_t u_wait(kiln_rt *rt, int64_t timeout_ms, kiln_msg **out, size_t cap)
+{
+    struct uring_impl *u = rt->io->impl;
+    if (timeout_ms != 0 && !io_uring_cq_ready(&u->ring)) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts, *tsp = NULL;
+        if (timeout_ms > 0) {
+            ts.tv_sec = timeout_ms / 1000;
+            ts.tv_nsec = (timeout_ms % 1000) * 1000000;
+            tsp = &ts;
+        }
+        int rc = io_uring_wait_cqe_timeout(&u->ring, &cqe, tsp);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN) {
             fprintf(stderr, "kiln: io_uring_wait_cqe: %s\n", strerror(-rc));
             abort();
         }
-        bool stop_seen = false;
-        unsigned head, n = 0;
-        io_uring_for_each_cqe(&u->ring, head, cqe)
-        {
-            n++;
-            if (cqe->user_data == UD_STOP) {
-                stop_seen = true;
-                continue;
-            }
-            if (cqe->user_data == UD_IGNORE)
-                continue;
-            kiln_msg *m = (kiln_msg *)(uintptr_t)cqe->user_data;
-            /* Handed over through the kernel, which TSan cannot see. */
-            KILN_TSAN_ACQUIRE(m);
-            m->kind = KILN_MK_WAKE;
-            m->from = (kiln_term)(int64_t)cqe->res;
-            pthread_mutex_lock(&u->lock);
-            u->inflight--;
-            bool stopping = u->stopping;
-            pthread_mutex_unlock(&u->lock);
-            if (stopping)
-                kiln_msg_free(m);
-            else
-                kiln_deliver_pid(u->rt, m->root, m); /* a dead process frees it */
-        }
-        io_uring_cq_advance(&u->ring, n);
-        (void)stop_seen;
-        pthread_mutex_lock(&u->lock);
-        bool done = u->stopping && u->inflight == 0;
-        pthread_mutex_unlock(&u->lock);
-        if (done)
-            return NULL;
     }
+    return take(u, out, cap);
 }
 
 /* Queue the prepared operation (and its linked timeout) and submit. */
@@ -346,6 +386,8 @@ static void u_forget_fd(kiln_rt *rt, int fd)
 static void u_stop(kiln_rt *rt)
 {
     struct uring_impl *u = rt->io->impl;
+    /* The first worker stops reaping: from here the ring is ours. */
+    kiln_sched_io_detach(rt);
     pthread_mutex_lock(&u->lock);
     u->stopping = true;
     /* Operations that would wait forever (an accept nobody answers) are
@@ -357,19 +399,42 @@ static void u_stop(kiln_rt *rt)
     }
     io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
     io_uring_sqe_set_data64(sqe, UD_IGNORE);
-    sqe = io_uring_get_sqe(&u->ring);
-    if (!sqe) {
-        io_uring_submit(&u->ring);
-        sqe = io_uring_get_sqe(&u->ring);
-    }
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, UD_STOP);
     io_uring_submit(&u->ring);
     pthread_mutex_unlock(&u->lock);
-    pthread_join(u->thread, NULL);
+    for (;;) {
+        pthread_mutex_lock(&u->lock);
+        bool done = u->inflight == 0 && !u->wake_armed;
+        pthread_mutex_unlock(&u->lock);
+        if (done)
+            break;
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&u->ring, &cqe);
+        if (rc < 0 && rc != -EINTR) {
+            fprintf(stderr, "kiln: io_uring_wait_cqe: %s\n", strerror(-rc));
+            abort();
+        }
+        kiln_msg *none[1];
+        /* stopping: every message taken is freed, none handed out */
+        while (take(u, none, 1))
+            ;
+    }
+}
+
+static void u_fini(kiln_rt *rt)
+{
+    struct uring_impl *u = rt->io->impl;
     io_uring_queue_exit(&u->ring);
     pthread_mutex_destroy(&u->lock);
     kiln_free(u);
+}
+
+/* A hint read without the consumer's lock (the first worker re-checks
+ * under it), so both ends are read atomically; liburing's
+ * io_uring_cq_ready reads the head plainly. */
+static bool u_ready(kiln_rt *rt)
+{
+    struct uring_impl *u = rt->io->impl;
+    return __atomic_load_n(u->ring.cq.ktail, __ATOMIC_ACQUIRE) != __atomic_load_n(u->ring.cq.khead, __ATOMIC_RELAXED);
 }
 
 static const struct kiln_io_backend_ops uring_ops = {
@@ -382,6 +447,9 @@ static const struct kiln_io_backend_ops uring_ops = {
     .forget_fd = u_forget_fd,
     .abandon = u_abandon,
     .stop = u_stop,
+    .fini = u_fini,
+    .wait = u_wait,
+    .ready = u_ready,
 };
 
 int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
@@ -394,9 +462,15 @@ int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
         kiln_free(u);
         return rc == -ENOMEM ? KILN_ENOMEM : KILN_ENOTSUP;
     }
+    if (rt->io_wake_fd < 0)
+        rt->io_wake_fd = eventfd(0, EFD_CLOEXEC); /* blocking: io_uring refuses O_NONBLOCK reads with -EAGAIN */
     pthread_mutex_init(&u->lock, NULL);
     u->rt = rt;
-    if (pthread_create(&u->thread, NULL, reaper, u) != 0) {
+    pthread_mutex_lock(&u->lock);
+    arm_wake_locked(u);
+    bool armed = u->wake_armed;
+    pthread_mutex_unlock(&u->lock);
+    if (!armed) {
         io_uring_queue_exit(&u->ring);
         pthread_mutex_destroy(&u->lock);
         kiln_free(u);

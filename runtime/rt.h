@@ -143,6 +143,7 @@ struct kiln_worker {
     uint32_t next_streak;             /* runnext picks in a row */
     uint64_t rng;
     _Atomic uint32_t parked;          /* futex word: 1 while asleep */
+    _Atomic int polling;              /* asleep on the I/O ring, not the futex */
     struct kiln_worker *idle_next;
     ck_epoch_record_t epoch;
     bool in_section;                  /* an epoch section spans several runs */
@@ -173,6 +174,14 @@ struct kiln_rt {
     struct kiln_gq global;
     _Atomic int stopping;             /* workers leave their loops */
     _Atomic int closing;              /* spawns are refused (rt_stop began) */
+
+    /* I/O completions reaped by the first worker (io_uring): it holds
+     * io_poll_lock while it looks at the ring; io_wake_fd interrupts its
+     * wait; io_detached is set when the back end takes its ring back. */
+    pthread_mutex_t io_poll_lock;
+    int io_wake_fd;
+    _Atomic int io_detached;
+    bool io_stopped;
 
     /* parking */
     pthread_mutex_t idle_lock;
@@ -254,6 +263,8 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
 /* Deliver to a pid: looks it up; a dead target frees m (returns ENOPROC
  * and calls on_dead(m) first when given, for signals that need answers). */
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);
+/* The I/O back end takes its ring back from the first worker. */
+void kiln_sched_io_detach(kiln_rt *rt);
 /* The process's body on a fiber, and its exit. */
 void kiln_proc_fiber_main(void *arg);
 /* Run up to the batch budget of a behaviour process's messages. */

@@ -39,7 +39,10 @@ static void rt_free(kiln_rt *rt)
             ck_epoch_unregister(&w->epoch);
         }
     }
-    kiln_io_stop(rt);
+    kiln_io_fini(rt);
+    if (rt->io_wake_fd >= 0)
+        close(rt->io_wake_fd);
+    pthread_mutex_destroy(&rt->io_poll_lock);
     kiln_blocking_fini(rt);
     kiln_registry_fini(rt);
     kiln_ptab_fini(rt);
@@ -80,6 +83,8 @@ int kiln_rt_start(const kiln_rt_config *cfg, kiln_rt **out)
 
     pthread_mutex_init(&rt->global.lock, NULL);
     pthread_mutex_init(&rt->idle_lock, NULL);
+    pthread_mutex_init(&rt->io_poll_lock, NULL);
+    rt->io_wake_fd = -1;
     pthread_mutex_init(&rt->live_lock, NULL);
     pthread_cond_init(&rt->live_cond, NULL);
     pthread_mutexattr_t ma;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "io.h"
 #include "rt.h"
 
 /* Read through a call the compiler cannot see into: a process may block
@@ -116,6 +117,88 @@ static struct kiln_proc *gq_pop(kiln_rt *rt, struct kiln_worker *w)
     return first;
 }
 
+/* ---- I/O completions on the first worker ---- */
+
+#define IO_BATCH 64
+
+static bool io_reaps(kiln_rt *rt)
+{
+    return !atomic_load_explicit(&rt->io_detached, memory_order_acquire) && rt->io && rt->io->ops->wait;
+}
+
+static void idle_remove_locked(kiln_rt *rt, struct kiln_worker *w);
+
+/* What completed, delivered from this worker: the waiting processes land
+ * on its own queue (a dead one frees its message). One worker at a time
+ * is on the ring; false when another is. A parked worker stops counting
+ * as idle before it delivers, so the deliveries do not wake it again. */
+static bool io_take(struct kiln_worker *w, int64_t timeout_ms, bool parked)
+{
+    kiln_rt *rt = w->rt;
+    kiln_msg *got[IO_BATCH];
+    size_t n = 0;
+    if (pthread_mutex_trylock(&rt->io_poll_lock) != 0)
+        return false;
+    if (parked)
+        atomic_store(&w->polling, 1);
+    kiln_full_fence();
+    /* Woken (parked cleared) between our look and now: no waiting. */
+    if (parked && (atomic_load(&w->parked) != 1 || atomic_load(&rt->stopping)))
+        timeout_ms = 0;
+    if (io_reaps(rt))
+        n = rt->io->ops->wait(rt, timeout_ms, got, IO_BATCH);
+    pthread_mutex_unlock(&rt->io_poll_lock);
+    if (parked) {
+        atomic_store(&w->polling, 0);
+        pthread_mutex_lock(&rt->idle_lock);
+        if (atomic_load(&w->parked) == 1) {
+            idle_remove_locked(rt, w);
+            atomic_store(&w->parked, 0);
+        }
+        pthread_mutex_unlock(&rt->idle_lock);
+    }
+    for (size_t i = 0; i < n; i++)
+        kiln_deliver_pid(rt, got[i]->root, got[i]);
+    return true;
+}
+
+/* Between runs: a look at the ring, no system call. */
+static void io_glance(struct kiln_worker *w)
+{
+    kiln_rt *rt = w->rt;
+    if (io_reaps(rt) && rt->io->ops->ready(rt))
+        io_take(w, 0, false);
+}
+
+static void interrupt_io_wait(kiln_rt *rt)
+{
+    uint64_t one = 1;
+    if (rt->io_wake_fd >= 0 && write(rt->io_wake_fd, &one, sizeof one) < 0) {
+        /* Only a full counter fails, and then a wake-up is pending anyway. */
+    }
+}
+
+void kiln_sched_io_detach(kiln_rt *rt)
+{
+    atomic_store(&rt->io_detached, 1);
+    interrupt_io_wait(rt);
+    /* Once we hold the lock, the first worker is off the ring for good. */
+    pthread_mutex_lock(&rt->io_poll_lock);
+    pthread_mutex_unlock(&rt->io_poll_lock);
+}
+
+/* A parked worker is woken where it sleeps: the futex, or the ring. The
+ * caller has cleared w->parked; the worker sets polling before it checks
+ * parked, so one of the two sees the other. */
+static void wake_parked(kiln_rt *rt, struct kiln_worker *w)
+{
+    kiln_full_fence();
+    if (atomic_load(&w->polling))
+        interrupt_io_wait(rt);
+    else
+        futex(&w->parked, FUTEX_WAKE, 1, NULL);
+}
+
 /* ---- parking ---- */
 
 static void idle_remove_locked(kiln_rt *rt, struct kiln_worker *w)
@@ -141,7 +224,7 @@ void kiln_sched_kick_worker(struct kiln_worker *w)
     }
     pthread_mutex_unlock(&rt->idle_lock);
     if (was_parked)
-        futex(&w->parked, FUTEX_WAKE, 1, NULL);
+        wake_parked(rt, w);
 }
 
 void kiln_sched_wake_one(kiln_rt *rt)
@@ -168,7 +251,7 @@ void kiln_sched_wake_one(kiln_rt *rt)
         return;
     }
     atomic_fetch_add_explicit(&rt->wakeups, 1, memory_order_relaxed);
-    futex(&w->parked, FUTEX_WAKE, 1, NULL);
+    wake_parked(rt, w);
 }
 
 static bool any_work_visible(kiln_rt *rt)
@@ -214,7 +297,25 @@ static void park(struct kiln_worker *w, uint64_t timeout_ms)
             ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
             tsp = &ts;
         }
-        while (atomic_load(&w->parked) == 1 && !atomic_load(&rt->stopping)) {
+        bool on_ring = false;
+        if (io_reaps(rt)) {
+            /* The first worker sleeps on the ring: a completion wakes it
+             * directly, and so does the scheduler (interrupt_io_wait).
+             * Keeping it on one worker keeps the processes it wakes there
+             * (measured: 0.45-0.6 of the old remote call time, against
+             * 0.65-0.9 when any parked worker took the ring). */
+            if (w->index == 0)
+                on_ring = io_take(w, timeout_ms == UINT64_MAX ? -1 : (int64_t)timeout_ms, true);
+            if (!on_ring && (!tsp || timeout_ms > 50)) {
+                /* The others glance at the ring at least this often, so
+                 * that a long run on the first worker (or a glance that
+                 * kept it off the ring) delays completions by no more. */
+                ts.tv_sec = 0;
+                ts.tv_nsec = 50 * 1000000L;
+                tsp = &ts;
+            }
+        }
+        while (!on_ring && atomic_load(&w->parked) == 1 && !atomic_load(&rt->stopping)) {
             long r = futex(&w->parked, FUTEX_WAIT, 1, tsp);
             if (r != 0 && errno == ETIMEDOUT)
                 break;
@@ -344,6 +445,7 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
             return found(w, p);
         }
         w->next_streak = 0;
+        io_glance(w);
         if ((p = kiln_runq_pop(&w->runq)))
             return found(w, p);
         if (fair && (p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
@@ -554,6 +656,7 @@ int kiln_sched_start(kiln_rt *rt)
 void kiln_sched_stop(kiln_rt *rt)
 {
     atomic_store(&rt->stopping, 1);
+    interrupt_io_wait(rt);
     for (unsigned i = 0; i < rt->nworkers; i++) {
         struct kiln_worker *w = &rt->workers[i];
         atomic_store(&w->parked, 0);
