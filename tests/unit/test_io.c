@@ -2,8 +2,12 @@
  * io_uring and epoll (forced through the configuration). */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -261,6 +265,86 @@ static void test_kill_during_io(void **state)
     }
 }
 
+/* ---- a long run does not hold completions back ----
+ *
+ * With io_uring the first worker reaps completions; a process that runs a
+ * long time on it must not keep a receive on another process from
+ * completing while a second worker is free. */
+
+struct held {
+    int lfd;
+    _Atomic int waiting, got, hog_stop, hog_done;
+};
+
+/* A plain blocking client on the test's thread. */
+static int connect_blocking(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+static void held_reader(void *arg)
+{
+    struct held *h = arg;
+    int fd;
+    if (kiln_tcp_accept(h->lfd, 5000, &fd) != KILN_OK)
+        return;
+    atomic_store(&h->waiting, 1);
+    char buf[16];
+    size_t got;
+    if (kiln_io_recv(fd, buf, sizeof buf, 10000, &got) == KILN_OK && got > 0)
+        atomic_store(&h->got, 1);
+    kiln_io_close(fd);
+}
+
+static void hog(void *arg)
+{
+    struct held *h = arg;
+    /* Never blocks, never yields: holds its worker until told to stop. */
+    for (int i = 0; i < 10000 && !atomic_load(&h->hog_stop); i++)
+        usleep(1000);
+    atomic_store(&h->hog_done, 1);
+}
+
+static void test_long_run_does_not_hold_io(void **state)
+{
+    (void)state;
+    for (int b = 0; b < 2; b++) {
+        /* Several rounds: the hog lands on either worker. */
+        for (int round = 0; round < 12; round++) {
+            kiln_rt *rt = rt_with(backends[b]);
+            struct held *h = calloc(1, sizeof(*h));
+            uint16_t port;
+            assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 4, &h->lfd, &port), KILN_OK);
+            assert_int_equal(kiln_spawn_fn(rt, held_reader, h, NULL, NULL), KILN_OK);
+            int c = connect_blocking(port);
+            assert_true(c >= 0);
+            assert_true(kiln_test_wait_flag(&h->waiting, 5000));
+            assert_int_equal(kiln_spawn_fn(rt, hog, h, NULL, NULL), KILN_OK);
+            usleep(30000); /* the hog has a worker, the reader waits */
+            assert_int_equal(write(c, "ping", 4), 4);
+            bool got = kiln_test_wait_flag(&h->got, 3000);
+            bool hog_still_ran = !atomic_load(&h->hog_done);
+            atomic_store(&h->hog_stop, 1);
+            if (!got || !hog_still_ran)
+                fprintf(stderr, "%s round %d: got=%d hog_done=%d\n", backend_names[b], round, got,
+                        !hog_still_ran);
+            assert_true(got);
+            assert_true(hog_still_ran);
+            close(c);
+            assert_int_equal(kiln_rt_stop(rt), KILN_OK);
+            close(h->lfd);
+            free(h);
+        }
+    }
+}
+
 static void test_environment_forces_epoll(void **state)
 {
     (void)state;
@@ -296,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_echo_many_clients),
         cmocka_unit_test(test_timeouts_refusal_and_eof),
         cmocka_unit_test(test_kill_during_io),
+        cmocka_unit_test(test_long_run_does_not_hold_io),
         cmocka_unit_test(test_environment_forces_epoll),
         cmocka_unit_test(test_calls_outside_a_process),
     };
