@@ -766,6 +766,14 @@ static int build_node_thing(struct dec *d, uint8_t tag, kiln_term *out)
 
 static kiln_term build_bits(struct dec *d, const uint8_t *data, size_t nbits)
 {
+    kiln_bin *src = d->o->source;
+    if (src && nbits % 8 == 0 && nbits / 8 >= KILN_REFC_BIN_MIN) {
+        uintptr_t base = (uintptr_t)kiln_bin_data(src), at = (uintptr_t)data;
+        size_t n = nbits / 8, blen = kiln_bin_len(src);
+        /* Not for a small part of a big blob: it would pin all of it. */
+        if (at >= base && at - base <= blen && n <= blen - (at - base) && n >= blen / 8)
+            return kiln_binary_from_bin(d->m, src, at - base, n);
+    }
     /* The term library zeroes the bits past the end (noise on the wire). */
     return kiln_bitstring(d->m, data, nbits);
 }

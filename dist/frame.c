@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/alloc.h"
+#include "runtime/term_layout.h"
 
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_UNLINK = 4, DOP_REG_SEND = 6, DOP_GROUP_LEADER = 7,
@@ -62,7 +63,9 @@ struct kiln_frag_seq {
     int64_t op;
     kiln_term refs[255];  /* the first fragment's atom-cache refs */
     size_t nrefs;
-    uint8_t *buf;         /* the message bytes so far */
+    /* The message bytes so far, in a blob: the decoded message's large
+     * binaries point into it rather than being copied out. */
+    kiln_bin *bin;
     size_t len, cap;
 };
 
@@ -74,7 +77,8 @@ void kiln_frame_state_init(kiln_frame_state *s)
 static void seq_free(struct kiln_frag_seq *q)
 {
     kiln_msg_free(q->ctrl);
-    kiln_free(q->buf);
+    if (q->bin)
+        kiln_bin_decref(q->bin);
     kiln_free(q);
 }
 
@@ -227,7 +231,7 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
         return KILN_ETOOBIG;
     }
     struct kiln_frag_seq *q = kiln_calloc(1, sizeof(*q));
-    if (!q || (slice && !(q->buf = kiln_malloc(slice)))) {
+    if (!q || (slice && !(q->bin = kiln_bin_alloc(slice)))) {
         kiln_free(q);
         kiln_frame_free(out);
         return KILN_ENOMEM;
@@ -238,8 +242,8 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
     out->ctrl = NULL;
     memcpy(q->refs, refs, nrefs * sizeof(kiln_term));
     q->nrefs = nrefs;
-    if (slice) /* an empty first slice leaves buf NULL */
-        memcpy(q->buf, p + off, slice);
+    if (slice) /* an empty first slice leaves bin NULL */
+        memcpy(kiln_bin_data(q->bin), p + off, slice);
     q->len = q->cap = slice;
     q->next = s->seqs;
     s->seqs = q;
@@ -270,14 +274,14 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
             ncap = q->len + slice;
         if (ncap > max)
             ncap = max;
-        uint8_t *nb = kiln_realloc(q->buf, ncap);
+        kiln_bin *nb = q->bin ? kiln_bin_resize_unshared(q->bin, ncap) : kiln_bin_alloc(ncap);
         if (!nb)
             return KILN_ENOMEM;
-        q->buf = nb;
+        q->bin = nb;
         q->cap = ncap;
     }
     if (slice)
-        memcpy(q->buf + q->len, p + 18, slice);
+        memcpy(kiln_bin_data(q->bin) + q->len, p + 18, slice);
     q->len += slice;
     s->pending_bytes += slice;
     if (frag > 1) {
@@ -293,9 +297,23 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
     out->msg = NULL;
     int rc = KILN_OK;
     size_t used = 0;
-    if (q->len && (rc = decode(q->buf, q->len, true, opts, q->refs, q->nrefs, &out->msg, &used)) == KILN_OK &&
-        used != q->len)
-        rc = KILN_ETRAILING;
+    if (q->len) {
+        /* Spare capacity would stay pinned by the binaries that share the
+         * blob: trimmed first (nothing points into it yet). */
+        if (q->cap > q->len) {
+            kiln_bin *nb = kiln_bin_resize_unshared(q->bin, q->len);
+            if (nb) {
+                q->bin = nb;
+                q->cap = q->len;
+            }
+        }
+        kiln_etf_decode_opts o = *opts;
+        o.source = q->bin;
+        if ((rc = decode(kiln_bin_data(q->bin), q->len, true, &o, q->refs, q->nrefs, &out->msg, &used)) ==
+                KILN_OK &&
+            used != q->len)
+            rc = KILN_ETRAILING;
+    }
     seq_free(q);
     if (rc != KILN_OK) {
         kiln_frame_free(out);

@@ -27,6 +27,16 @@ kiln_bin *kiln_bin_alloc(size_t len)
     return b;
 }
 
+kiln_bin *kiln_bin_resize_unshared(kiln_bin *b, size_t len)
+{
+    if (len > SIZE_MAX - sizeof(struct kiln_bin))
+        return NULL;
+    kiln_bin *nb = kiln_realloc(b, sizeof(struct kiln_bin) + len);
+    if (nb)
+        nb->len = len;
+    return nb;
+}
+
 uint8_t *kiln_bin_data(kiln_bin *b) { return b ? b->data : NULL; }
 size_t kiln_bin_len(const kiln_bin *b) { return b ? b->len : 0; }
 

@@ -30,6 +30,10 @@ struct kiln_bin {
     uint8_t data[];
 };
 
+/* Resize a blob nobody else references yet (refcount 1, no term over it):
+ * a buffer filled in pieces before it is shared. NULL on failure, b kept. */
+kiln_bin *kiln_bin_resize_unshared(kiln_bin *b, size_t len);
+
 /* KILN_SUB_BINARY. Small bitstrings (< KILN_REFC_BIN_MIN bytes) keep their
  * bytes in the arena right after the box (owner == NULL, header size counts
  * those words too); larger ones point into a kiln_bin the box holds one

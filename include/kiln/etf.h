@@ -60,6 +60,11 @@ typedef struct kiln_etf_decode_opts {
     size_t n_atom_refs;
     /* Like binary_to_term(B, [safe]): refuse to create atoms (KILN_ENOTREG). */
     bool existing_atoms_only;
+    /* The input lies in this refcounted blob: a binary that is at least an
+     * eighth of the blob becomes a reference into it instead of a copy,
+     * and keeps the blob alive as long as it lives (as Erlang's
+     * sub-binaries do; the eighth bounds what a binary can pin). */
+    kiln_bin *source;
 } kiln_etf_decode_opts;
 
 /* ---- decoding ---- */

@@ -272,6 +272,53 @@ static void test_binaries_lent_not_copied(void **state)
     free(data);
 }
 
+/* Decoding from a refcounted blob: a large binary points into the blob
+ * (which it keeps alive); a small one is copied, so as not to pin it. */
+static void test_decode_shares_large_binaries(void **state)
+{
+    (void)state;
+    enum { BIG = 100000, SMALL = 100 };
+    kiln_msg *m = kiln_msg_new(256);
+    uint8_t *big = malloc(BIG), small[SMALL];
+    for (int i = 0; i < BIG; i++)
+        big[i] = (uint8_t)(i * 13);
+    memset(small, 0x5A, sizeof small);
+    kiln_term t = kiln_tuple(m, 2, kiln_binary(m, big, BIG), kiln_binary(m, small, SMALL));
+    uint8_t *bytes;
+    size_t n;
+    assert_int_equal(kiln_etf_term_to_bytes(t, NULL, &bytes, &n), KILN_OK);
+    kiln_bin *src = kiln_bin_alloc(n);
+    memcpy(kiln_bin_data(src), bytes, n);
+    uintptr_t lo = (uintptr_t)kiln_bin_data(src), hi = lo + n;
+
+    kiln_etf_decode_opts o = {.source = src};
+    kiln_msg *d = NULL;
+    assert_int_equal(kiln_etf_decode(kiln_bin_data(src), n, &o, &d, NULL), KILN_OK);
+    const uint8_t *pb, *ps;
+    size_t lb, ls;
+    assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 0), &pb, &lb), KILN_OK);
+    assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 1), &ps, &ls), KILN_OK);
+    assert_int_equal(lb, BIG);
+    assert_int_equal(ls, SMALL);
+    assert_true((uintptr_t)pb >= lo && (uintptr_t)pb + lb <= hi);  /* shared */
+    assert_false((uintptr_t)ps >= lo && (uintptr_t)ps < hi);        /* copied */
+    /* The decoded message keeps the blob alive. */
+    kiln_bin_decref(src);
+    assert_memory_equal(pb, big, BIG);
+    assert_memory_equal(ps, small, SMALL);
+    kiln_msg_free(d);
+
+    /* Without a source, or from other memory, everything is copied. */
+    assert_int_equal(kiln_etf_decode(bytes, n, NULL, &d, NULL), KILN_OK);
+    assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 0), &pb, &lb), KILN_OK);
+    assert_false((uintptr_t)pb >= (uintptr_t)bytes && (uintptr_t)pb < (uintptr_t)bytes + n);
+    assert_memory_equal(pb, big, BIG);
+    kiln_msg_free(d);
+    free(bytes);
+    free(big);
+    kiln_msg_free(m);
+}
+
 static void test_encoder_error_rolls_back(void **state)
 {
     (void)state;
@@ -352,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_atom_cache_refs),
         cmocka_unit_test(test_fun_cache_refs_spelled_out),
         cmocka_unit_test(test_binaries_lent_not_copied),
+        cmocka_unit_test(test_decode_shares_large_binaries),
         cmocka_unit_test(test_encoder_error_rolls_back),
         cmocka_unit_test(test_decode_into_and_measure),
         cmocka_unit_test(test_helpers),
