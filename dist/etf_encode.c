@@ -72,32 +72,11 @@ static uint8_t *reserve(kiln_etf_enc *e, size_t n)
     return e->buf + e->len;
 }
 
-static int put_grow(kiln_etf_enc *e, const void *bytes, size_t n)
-{
-    uint8_t *w = reserve(e, n);
-    if (!w)
-        return KILN_ENOMEM;
-    memcpy(w, bytes, n);
-    e->len += n;
-    e->total += n;
-    return KILN_OK;
-}
-
-/* Inline, so that the many small constant-size puts become plain stores
- * (a memcpy call each showed as a fifth of small-term encoding). */
-static inline int put(kiln_etf_enc *e, const void *bytes, size_t n)
-{
-    if (e->cap - e->len < n)
-        return put_grow(e, bytes, n);
-    memcpy(e->buf + e->len, bytes, n);
-    e->len += n;
-    e->total += n;
-    return KILN_OK;
-}
-
 /* Headers are written straight into the buffer: built in a byte array on
  * the stack and copied, their bytes were read back as a word before the
- * byte stores had landed (a store-forwarding stall on every header). */
+ * byte stores had landed (a store-forwarding stall on every header). All
+ * of these are inline, so that small constant-size puts become plain
+ * stores (a memcpy call each showed as a fifth of small-term encoding). */
 static inline uint8_t *room(kiln_etf_enc *e, size_t n)
 {
     return e->cap - e->len < n ? reserve(e, n) : e->buf + e->len;
@@ -107,6 +86,16 @@ static inline void advance(kiln_etf_enc *e, size_t n)
 {
     e->len += n;
     e->total += n;
+}
+
+static inline int put(kiln_etf_enc *e, const void *bytes, size_t n)
+{
+    uint8_t *w = room(e, n);
+    if (!w)
+        return KILN_ENOMEM;
+    memcpy(w, bytes, n);
+    advance(e, n);
+    return KILN_OK;
 }
 
 static inline int put1(kiln_etf_enc *e, uint8_t b)

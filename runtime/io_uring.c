@@ -407,16 +407,8 @@ static void u_stop(kiln_rt *rt)
         pthread_mutex_unlock(&u->lock);
         if (done)
             break;
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&u->ring, &cqe);
-        if (rc < 0 && rc != -EINTR) {
-            fprintf(stderr, "kiln: io_uring_wait_cqe: %s\n", strerror(-rc));
-            abort();
-        }
-        kiln_msg *none[1];
-        /* stopping: every message taken is freed, none handed out */
-        while (take(u, none, 1))
-            ;
+        kiln_msg *none[1]; /* stopping: what completes is freed, not handed out */
+        u_wait(rt, -1, none, 1);
     }
 }
 
