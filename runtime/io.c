@@ -71,6 +71,16 @@ const char *kiln_io_backend_name(const kiln_rt *rt)
     return rt && rt->io ? rt->io->ops->name : "none";
 }
 
+int kiln_io_get_stats(const kiln_rt *rt, kiln_io_stats *out)
+{
+    if (!rt || !out)
+        return KILN_EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (rt->io && rt->io->ops->stats)
+        rt->io->ops->stats((kiln_rt *)rt, out);
+    return KILN_OK;
+}
+
 uint64_t kiln_io_deadline(int64_t timeout_ms)
 {
     if (timeout_ms < 0)
@@ -299,5 +309,7 @@ int kiln_io_close(int fd)
     struct kiln_proc *p = kiln_current_proc();
     if (p && p->rt->io)
         p->rt->io->ops->forget_fd(p->rt, fd);
+    else
+        kiln_io_uring_forget_anywhere(fd);
     return close(fd) == 0 ? KILN_OK : KILN_ESYS;
 }

@@ -37,6 +37,7 @@ struct kiln_io_backend_ops {
      * written, and returns up to cap WAKE messages to deliver. */
     size_t (*wait)(struct kiln_rt *rt, int64_t timeout_ms, kiln_msg **out, size_t cap);
     bool (*ready)(struct kiln_rt *rt); /* with wait: anything to take? */
+    void (*stats)(struct kiln_rt *rt, kiln_io_stats *out); /* optional */
 };
 
 struct kiln_io {
@@ -51,6 +52,9 @@ void kiln_io_stop(struct kiln_rt *rt);
 void kiln_io_fini(struct kiln_rt *rt); /* after the workers stopped */
 
 int kiln_io_uring_start(struct kiln_rt *rt, struct kiln_io *io);
+/* fd is closed by a thread that is no process: every io_uring runtime
+ * lets go of it (a multishot receive would keep the socket open). */
+void kiln_io_uring_forget_anywhere(int fd);
 int kiln_io_epoll_start(struct kiln_rt *rt, struct kiln_io *io);
 
 /* Deadline helpers: 0 = none; otherwise kiln_now_ms() at which to give up. */

@@ -17,7 +17,6 @@
  * on the operation, so the operation itself always completes and always
  * hands its message back. */
 #include <errno.h>
-#include <liburing.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -25,11 +24,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
-#include "io.h"
-#include "rt.h"
-
-#define UD_IGNORE 0ull /* linked timeouts and cancels: nothing to deliver */
-#define UD_WAKEFD 1ull /* the read on the scheduler's eventfd */
+#include "io_uring_impl.h"
 
 #define RING_ENTRIES 1024u
 /* Receives go through the operation's own buffer; bigger reads take
@@ -40,16 +35,6 @@ struct uring_op {
     struct __kernel_timespec ts;
     struct sockaddr_in sa;
     socklen_t salen;
-};
-
-struct uring_impl {
-    struct io_uring ring;
-    pthread_mutex_t lock;
-    kiln_rt *rt;
-    size_t inflight;       /* under lock */
-    bool stopping;         /* under lock */
-    uint64_t wake_buf;     /* the eventfd read lands here */
-    bool wake_armed;       /* under lock */
 };
 
 static struct uring_op *op_of(kiln_msg *m) { return (struct uring_op *)(void *)m->inline_data; }
@@ -70,17 +55,23 @@ static kiln_msg *op_new(struct kiln_proc *p, size_t data)
 /* Keeps a read on the scheduler's eventfd on the ring, so that a write
  * to it ends a wait. Caller holds u->lock; submitted with the next
  * submission or wait. */
-static void arm_wake_locked(struct uring_impl *u)
+struct io_uring_sqe *kiln_uring_sqe_locked(struct uring_impl *u)
 {
-    if (u->wake_armed || u->stopping || u->rt->io_wake_fd < 0)
-        return;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
     if (!sqe) {
         io_uring_submit(&u->ring);
         sqe = io_uring_get_sqe(&u->ring);
-        if (!sqe)
-            return;
     }
+    return sqe;
+}
+
+static void arm_wake_locked(struct uring_impl *u)
+{
+    if (u->wake_armed || u->stopping || u->rt->io_wake_fd < 0)
+        return;
+    struct io_uring_sqe *sqe = kiln_uring_sqe_locked(u);
+    if (!sqe)
+        return;
     io_uring_prep_read(sqe, u->rt->io_wake_fd, &u->wake_buf, sizeof u->wake_buf, 0);
     io_uring_sqe_set_data64(sqe, UD_WAKEFD);
     u->wake_armed = true;
@@ -103,10 +94,16 @@ static size_t take(struct uring_impl *u, kiln_msg **out, size_t cap)
         if (cqe->user_data == UD_IGNORE)
             continue;
         if (cqe->user_data == UD_WAKEFD) {
+            /* Re-armed by the next thread to wait (u_wait). */
             pthread_mutex_lock(&u->lock);
             u->wake_armed = false;
-            arm_wake_locked(u);
             pthread_mutex_unlock(&u->lock);
+            continue;
+        }
+        if (cqe->user_data & UD_STREAM) {
+            kiln_msg *w = kiln_uring_rx_complete(u, cqe);
+            if (w)
+                out[got++] = w;
             continue;
         }
         kiln_msg *m = (kiln_msg *)(uintptr_t)cqe->user_data;
@@ -130,6 +127,14 @@ static size_t take(struct uring_impl *u, kiln_msg **out, size_t cap)
 static size_t u_wait(kiln_rt *rt, int64_t timeout_ms, kiln_msg **out, size_t cap)
 {
     struct uring_impl *u = rt->io->impl;
+    if (timeout_ms != 0) {
+        /* What is submitted here has its completion work run by this
+         * thread, which is about to sleep where that work wakes it. */
+        pthread_mutex_lock(&u->lock);
+        arm_wake_locked(u);
+        pthread_mutex_unlock(&u->lock);
+    }
+    kiln_uring_rx_flush(u, timeout_ms != 0);
     if (timeout_ms != 0 && !io_uring_cq_ready(&u->ring)) {
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts, *tsp = NULL;
@@ -299,9 +304,13 @@ static bool done_now(struct kiln_proc *p, ssize_t r, size_t *n, int *rc)
 
 static int u_recv(struct kiln_proc *p, int fd, void *buf, size_t cap, uint64_t deadline, size_t *got)
 {
-    int rc;
+    int rc = kiln_uring_rx_recv(p, fd, buf, cap, deadline, got);
+    if (rc != KILN_ENOTSUP)
+        return rc;
     if (done_now(p, recv(fd, buf, cap, MSG_DONTWAIT), got, &rc))
         return rc;
+    struct uring_impl *u = p->rt->io->impl;
+    atomic_fetch_add_explicit(&u->rx.oneshot, 1, memory_order_relaxed);
     size_t len = cap < RECV_CHUNK ? cap : RECV_CHUNK;
     kiln_msg *m = op_new(p, len), *back;
     if (!m)
@@ -363,11 +372,15 @@ static void u_abandon(kiln_rt *rt, struct kiln_proc *p)
 {
     struct uring_impl *u = rt->io->impl;
     struct kiln_proc_ext *e = atomic_load_explicit(&p->ext, memory_order_relaxed);
+    if (e->io_token & UD_STREAM) {
+        kiln_uring_rx_abandon(u, p, e->io_token);
+        return;
+    }
     pthread_mutex_lock(&u->lock);
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    struct io_uring_sqe *sqe = kiln_uring_sqe_locked(u);
     if (!sqe) {
-        io_uring_submit(&u->ring);
-        sqe = io_uring_get_sqe(&u->ring);
+        pthread_mutex_unlock(&u->lock);
+        return; /* cannot happen with nothing else holding the lock: the ring was just submitted */
     }
     /* The operation then completes (cancelled, or done just before) and
      * its message goes to the dead process, which frees it. */
@@ -377,10 +390,11 @@ static void u_abandon(kiln_rt *rt, struct kiln_proc *p)
     pthread_mutex_unlock(&u->lock);
 }
 
+/* One-shot operations on a closed fd complete with an error by
+ * themselves; a multishot receive would hold the socket open. */
 static void u_forget_fd(kiln_rt *rt, int fd)
 {
-    (void)rt;
-    (void)fd; /* the kernel completes operations on a closed fd with an error */
+    kiln_uring_rx_forget(rt->io->impl, fd);
 }
 
 static void u_stop(kiln_rt *rt)
@@ -392,29 +406,29 @@ static void u_stop(kiln_rt *rt)
     u->stopping = true;
     /* Operations that would wait forever (an accept nobody answers) are
      * cancelled, so every message comes back and is freed. */
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-    if (!sqe) {
+    struct io_uring_sqe *sqe = kiln_uring_sqe_locked(u);
+    if (sqe) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
         io_uring_submit(&u->ring);
-        sqe = io_uring_get_sqe(&u->ring);
     }
-    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-    io_uring_sqe_set_data64(sqe, UD_IGNORE);
-    io_uring_submit(&u->ring);
     pthread_mutex_unlock(&u->lock);
     for (;;) {
         pthread_mutex_lock(&u->lock);
-        bool done = u->inflight == 0 && !u->wake_armed;
+        bool done = u->inflight == 0 && !u->wake_armed && atomic_load(&u->rx.armed) == 0;
         pthread_mutex_unlock(&u->lock);
         if (done)
             break;
         kiln_msg *none[1]; /* stopping: what completes is freed, not handed out */
         u_wait(rt, -1, none, 1);
     }
+    kiln_uring_rx_stop(u);
 }
 
 static void u_fini(kiln_rt *rt)
 {
     struct uring_impl *u = rt->io->impl;
+    kiln_uring_rx_fini(u);
     io_uring_queue_exit(&u->ring);
     pthread_mutex_destroy(&u->lock);
     kiln_free(u);
@@ -426,8 +440,11 @@ static void u_fini(kiln_rt *rt)
 static bool u_ready(kiln_rt *rt)
 {
     struct uring_impl *u = rt->io->impl;
-    return __atomic_load_n(u->ring.cq.ktail, __ATOMIC_ACQUIRE) != __atomic_load_n(u->ring.cq.khead, __ATOMIC_RELAXED);
+    return __atomic_load_n(u->ring.cq.ktail, __ATOMIC_ACQUIRE) != __atomic_load_n(u->ring.cq.khead, __ATOMIC_RELAXED) ||
+           kiln_uring_rx_late(u);
 }
+
+static void u_stats(kiln_rt *rt, kiln_io_stats *out) { kiln_io_uring_stats(rt->io->impl, out); }
 
 static const struct kiln_io_backend_ops uring_ops = {
     .name = "io_uring",
@@ -442,6 +459,7 @@ static const struct kiln_io_backend_ops uring_ops = {
     .fini = u_fini,
     .wait = u_wait,
     .ready = u_ready,
+    .stats = u_stats,
 };
 
 int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
@@ -468,6 +486,7 @@ int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
         kiln_free(u);
         return KILN_ESYS;
     }
+    kiln_uring_rx_init(u, &rt->cfg);
     io->ops = &uring_ops;
     io->impl = u;
     return KILN_OK;

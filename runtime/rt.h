@@ -265,6 +265,8 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);
 /* The I/O back end takes its ring back from the first worker. */
 void kiln_sched_io_detach(kiln_rt *rt);
+/* Ends the current wait on the I/O ring (or the next one, at once). */
+void kiln_sched_io_interrupt(kiln_rt *rt);
 /* The process's body on a fiber, and its exit. */
 void kiln_proc_fiber_main(void *arg);
 /* Run up to the batch budget of a behaviour process's messages. */

@@ -178,6 +178,8 @@ static void interrupt_io_wait(kiln_rt *rt)
     }
 }
 
+void kiln_sched_io_interrupt(kiln_rt *rt) { interrupt_io_wait(rt); }
+
 void kiln_sched_io_detach(kiln_rt *rt)
 {
     atomic_store(&rt->io_detached, 1);

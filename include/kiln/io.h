@@ -32,6 +32,21 @@ typedef enum kiln_io_backend {
 /* The back end rt runs: "io_uring" or "epoll". */
 const char *kiln_io_backend_name(const kiln_rt *rt);
 
+/* How receives have been done, for tests and tuning. With io_uring a
+ * socket's first receive starts a multishot receive into buffers the
+ * runtime provides (kernel 6.0 and later), and later receives take what
+ * it has filled; kiln_rt_config's io_recv_* fields size it, and
+ * KILN_IO_MULTISHOT=0 (or 1) overrides the configuration. */
+typedef struct kiln_io_stats {
+    int recv_multishot;         /* 1 while receives use multishot receives */
+    uint64_t multishot_arms;    /* multishot receives started */
+    uint64_t multishot_buffers; /* buffers the kernel filled for them */
+    uint64_t buffer_shortages;  /* multishot receives ended with every buffer in use */
+    uint64_t oneshot_recvs;     /* receives that waited through a one-shot operation */
+} kiln_io_stats;
+/* All zero for the epoll back end. */
+int kiln_io_get_stats(const kiln_rt *rt, kiln_io_stats *out);
+
 /* Listen on addr:port (addr NULL or "" = all IPv4 addresses; port 0 = any;
  * the port bound is written to *bound_port when not NULL). Callable from
  * any thread. */
@@ -46,6 +61,8 @@ int kiln_io_recv(int fd, void *buf, size_t cap, int64_t timeout_ms, size_t *got)
  * out in one submission. */
 int kiln_io_send(int fd, const void *buf, size_t len, int64_t timeout_ms);
 int kiln_io_sendv(int fd, const struct iovec *iov, int iovcnt, int64_t timeout_ms);
+/* Close fd, ending the runtime's pending receive on it. Call it from a
+ * process of the runtime, or from any thread once no process uses fd. */
 int kiln_io_close(int fd);
 /* errno of the calling process's last KILN_ESYS from this API. */
 int kiln_io_errno(void);

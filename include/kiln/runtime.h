@@ -30,6 +30,10 @@ typedef struct kiln_rt_config {
     void *long_schedule_arg;
     int io_backend;            /* kiln_io_backend (kiln/io.h); 0 = io_uring if allowed,
                                 * else epoll; KILN_IO_BACKEND=epoll|io_uring overrides */
+    int io_recv_multishot;     /* io_uring: 0 = multishot receives where the kernel has
+                                * them, -1 = one operation per receive (kiln/io.h) */
+    unsigned io_recv_buffers;  /* buffers shared by the multishot receives; 0 = 64 */
+    unsigned io_recv_buffer_size; /* bytes per buffer; 0 = 131072 */
     const char *node_name;     /* NULL = "nonode@nohost" */
     uint32_t creation;         /* node creation; 0 = none yet */
 } kiln_rt_config;

@@ -1,5 +1,7 @@
-/* Network I/O for processes over real loopback sockets, on both back ends:
- * io_uring and epoll (forced through the configuration). */
+/* Network I/O for processes over real loopback sockets, in each mode the
+ * runtime has: io_uring with multishot receives (the default), io_uring
+ * with one operation per receive, and epoll (forced through the
+ * configuration). */
 #include "testutil.h"
 
 #include <arpa/inet.h>
@@ -8,17 +10,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <string.h>
 #include <unistd.h>
 
-static const int backends[] = {KILN_IO_URING, KILN_IO_EPOLL};
-static const char *const backend_names[] = {"io_uring", "epoll"};
+enum { MULTISHOT, ONESHOT, EPOLL, NMODES };
+static const char *const backend_names[] = {"io_uring", "io_uring", "epoll"};
+static const char *const mode_names[] = {"io_uring multishot", "io_uring one-shot", "epoll"};
 
-static kiln_rt *rt_with(int backend)
+static kiln_rt *rt_with(int mode)
 {
     kiln_rt_config cfg;
     kiln_rt_config_init(&cfg);
-    cfg.io_backend = backend;
+    cfg.io_backend = mode == EPOLL ? KILN_IO_EPOLL : KILN_IO_URING;
+    cfg.io_recv_multishot = mode == ONESHOT ? -1 : 0;
     return kiln_test_rt(2, &cfg);
 }
 
@@ -101,8 +106,8 @@ static void client_body(void *arg)
 static void test_echo_many_clients(void **state)
 {
     (void)state;
-    for (int b = 0; b < 2; b++) {
-        kiln_rt *rt = rt_with(backends[b]);
+    for (int b = 0; b < NMODES; b++) {
+        kiln_rt *rt = rt_with(b);
         assert_string_equal(kiln_io_backend_name(rt), backend_names[b]);
         struct server *s = calloc(1, sizeof(*s));
         s->clients = 51;
@@ -121,6 +126,20 @@ static void test_echo_many_clients(void **state)
         assert_int_equal(atomic_load(&small->failed) + atomic_load(&big->failed), 0);
         assert_int_equal(atomic_load(&s->served), 51);
         assert_int_equal(kiln_rt_wait_idle(rt, 10000), KILN_OK);
+        kiln_io_stats st;
+        assert_int_equal(kiln_io_get_stats(rt, &st), KILN_OK);
+        if (b == MULTISHOT) {
+            /* The data came through provided buffers, not one operation each. */
+            assert_int_equal(st.recv_multishot, 1);
+            assert_true(st.multishot_arms >= 102);
+            assert_true(st.multishot_buffers >= 102);
+        } else {
+            assert_int_equal(st.recv_multishot, 0);
+            assert_int_equal(st.multishot_arms, 0);
+            assert_int_equal(st.multishot_buffers, 0);
+            if (b == ONESHOT)
+                assert_true(st.oneshot_recvs > 0);
+        }
         close(s->lfd);
         kiln_rt_stop(rt);
         free(s);
@@ -176,8 +195,8 @@ static void edge_body(void *arg)
 static void test_timeouts_refusal_and_eof(void **state)
 {
     (void)state;
-    for (int b = 0; b < 2; b++) {
-        kiln_rt *rt = rt_with(backends[b]);
+    for (int b = 0; b < NMODES; b++) {
+        kiln_rt *rt = rt_with(b);
         struct edge *e = calloc(1, sizeof(*e));
         assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 16, &e->lfd, &e->port), KILN_OK);
         /* A port nobody listens on: bind one, note it, close it. */
@@ -239,8 +258,8 @@ static void connect_and_idle(void *arg)
 static void test_kill_during_io(void **state)
 {
     (void)state;
-    for (int b = 0; b < 2; b++) {
-        kiln_rt *rt = rt_with(backends[b]);
+    for (int b = 0; b < NMODES; b++) {
+        kiln_rt *rt = rt_with(b);
         struct killme *k = calloc(1, sizeof(*k));
         uint16_t port;
         assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 16, &k->lfd, &port), KILN_OK);
@@ -315,10 +334,10 @@ static void hog(void *arg)
 static void test_long_run_does_not_hold_io(void **state)
 {
     (void)state;
-    for (int b = 0; b < 2; b++) {
+    for (int b = 0; b < NMODES; b++) {
         /* Several rounds: the hog lands on either worker. */
         for (int round = 0; round < 12; round++) {
-            kiln_rt *rt = rt_with(backends[b]);
+            kiln_rt *rt = rt_with(b);
             struct held *h = calloc(1, sizeof(*h));
             uint16_t port;
             assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 4, &h->lfd, &port), KILN_OK);
@@ -333,7 +352,7 @@ static void test_long_run_does_not_hold_io(void **state)
             bool hog_still_ran = !atomic_load(&h->hog_done);
             atomic_store(&h->hog_stop, 1);
             if (!got || !hog_still_ran)
-                fprintf(stderr, "%s round %d: got=%d hog_done=%d\n", backend_names[b], round, got,
+                fprintf(stderr, "%s round %d: got=%d hog_done=%d\n", mode_names[b], round, got,
                         !hog_still_ran);
             assert_true(got);
             assert_true(hog_still_ran);
@@ -341,6 +360,107 @@ static void test_long_run_does_not_hold_io(void **state)
             assert_int_equal(kiln_rt_stop(rt), KILN_OK);
             close(h->lfd);
             free(h);
+        }
+    }
+}
+
+/* ---- multishot receives: few buffers, and closing ---- */
+
+/* Four 4 KiB buffers for 21 busy connections: the ring runs dry again
+ * and again, streams fall back to one-shot receives and start over, and
+ * every byte still arrives in order. */
+static void test_multishot_short_of_buffers(void **state)
+{
+    (void)state;
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.io_backend = KILN_IO_URING;
+    cfg.io_recv_buffers = 4;
+    cfg.io_recv_buffer_size = 4096; /* receives of 7000 bytes stay below the bulk size */
+    kiln_rt *rt = kiln_test_rt(2, &cfg);
+    struct server *s = calloc(1, sizeof(*s));
+    s->clients = 21;
+    assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 128, &s->lfd, &s->port), KILN_OK);
+    assert_int_equal(kiln_spawn_fn(rt, acceptor, s, NULL, NULL), KILN_OK);
+    struct client *big = calloc(1, sizeof(*big)), *mid = calloc(1, sizeof(*mid));
+    big->port = mid->port = s->port;
+    big->bytes = 1 << 20;
+    mid->bytes = 64 << 10;
+    assert_int_equal(kiln_spawn_fn(rt, client_body, big, NULL, NULL), KILN_OK);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(kiln_spawn_fn(rt, client_body, mid, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_count(&mid->ok, 20, 30000));
+    assert_true(kiln_test_wait_count(&big->ok, 1, 30000));
+    assert_int_equal(atomic_load(&mid->failed) + atomic_load(&big->failed), 0);
+    assert_int_equal(kiln_rt_wait_idle(rt, 10000), KILN_OK);
+    kiln_io_stats st;
+    assert_int_equal(kiln_io_get_stats(rt, &st), KILN_OK);
+    assert_int_equal(st.recv_multishot, 1);
+    assert_true(st.buffer_shortages > 0);
+    assert_true(st.oneshot_recvs > 0);
+    close(s->lfd);
+    kiln_rt_stop(rt);
+    free(s);
+    free(big);
+    free(mid);
+}
+
+struct closing {
+    int lfd;
+    int fd;
+    bool close_in_process;
+    _Atomic int have_read, release;
+};
+
+static void read_once_then_idle(void *arg)
+{
+    struct closing *c = arg;
+    if (kiln_tcp_accept(c->lfd, 5000, &c->fd) != KILN_OK)
+        return;
+    char buf[16];
+    size_t got;
+    if (kiln_io_recv(c->fd, buf, sizeof buf, 5000, &got) != KILN_OK || got == 0)
+        return;
+    if (c->close_in_process)
+        kiln_io_close(c->fd);
+    atomic_store(&c->have_read, 1);
+    while (!atomic_load(&c->release))
+        kiln_sleep(5);
+}
+
+/* After a receive the kernel holds the socket for the next one; closing
+ * it, from the process or from another thread, must still end the
+ * connection (the peer reads the end of the stream). */
+static void test_close_ends_the_connection(void **state)
+{
+    (void)state;
+    for (int b = 0; b < NMODES; b++) {
+        for (int in_process = 0; in_process < 2; in_process++) {
+            kiln_rt *rt = rt_with(b);
+            struct closing *c = calloc(1, sizeof(*c));
+            c->close_in_process = in_process;
+            uint16_t port;
+            assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 4, &c->lfd, &port), KILN_OK);
+            assert_int_equal(kiln_spawn_fn(rt, read_once_then_idle, c, NULL, NULL), KILN_OK);
+            int peer = connect_blocking(port);
+            assert_true(peer >= 0);
+            assert_int_equal(write(peer, "hi", 2), 2);
+            assert_true(kiln_test_wait_flag(&c->have_read, 5000));
+            if (!in_process)
+                assert_int_equal(kiln_io_close(c->fd), KILN_OK);
+            struct timeval tv = {.tv_sec = 3};
+            setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            char buf[4];
+            ssize_t r = read(peer, buf, sizeof buf);
+            if (r != 0)
+                fprintf(stderr, "%s, closed %s: read gave %zd (errno %d)\n", mode_names[b],
+                        in_process ? "in the process" : "from another thread", r, errno);
+            assert_int_equal(r, 0);
+            atomic_store(&c->release, 1);
+            close(peer);
+            assert_int_equal(kiln_rt_stop(rt), KILN_OK);
+            close(c->lfd);
+            free(c);
         }
     }
 }
@@ -381,6 +501,8 @@ int main(void)
         cmocka_unit_test(test_timeouts_refusal_and_eof),
         cmocka_unit_test(test_kill_during_io),
         cmocka_unit_test(test_long_run_does_not_hold_io),
+        cmocka_unit_test(test_multishot_short_of_buffers),
+        cmocka_unit_test(test_close_ends_the_connection),
         cmocka_unit_test(test_environment_forces_epoll),
         cmocka_unit_test(test_calls_outside_a_process),
     };
