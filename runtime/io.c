@@ -180,6 +180,9 @@ int kiln_tcp_accept(int listen_fd, int64_t timeout_ms, int *fd)
         return KILN_EINVAL;
     int rc = p->rt->io->ops->accept(p, listen_fd, kiln_io_deadline(timeout_ms), fd);
     if (rc == KILN_OK) {
+        /* A number the kernel hands out again was closed behind our back
+         * (close() rather than kiln_io_close): what we kept for it is stale. */
+        p->rt->io->ops->forget_fd(p->rt, *fd);
         int one = 1;
         setsockopt(*fd, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof(one));
     }
@@ -226,6 +229,7 @@ int kiln_tcp_connect(const char *addr, uint16_t port, int64_t timeout_ms, int *f
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | p->rt->io->ops->sock_flags, 0);
     if (s < 0)
         return kiln_io_fail(p, errno);
+    p->rt->io->ops->forget_fd(p->rt, s); /* as in kiln_tcp_accept */
     struct kiln_proc_ext *e = kiln_proc_ext(p);
     if (!e) {
         close(s);
@@ -309,7 +313,7 @@ int kiln_io_close(int fd)
     struct kiln_proc *p = kiln_current_proc();
     if (p && p->rt->io)
         p->rt->io->ops->forget_fd(p->rt, fd);
-    else
-        kiln_io_uring_forget_anywhere(fd);
+    /* The socket may belong to another runtime of this OS process. */
+    kiln_io_uring_forget_anywhere(fd);
     return close(fd) == 0 ? KILN_OK : KILN_ESYS;
 }

@@ -465,6 +465,85 @@ static void test_close_ends_the_connection(void **state)
     }
 }
 
+/* close() instead of kiln_io_close leaves the runtime's pending receive
+ * on the old socket; the next socket to get the same number must still
+ * read its own bytes, not the old connection's. */
+struct reuse {
+    int lfd;
+    int fd1, fd2;
+    _Atomic int step;
+    char got[16];
+    size_t ngot;
+    int rc;
+};
+
+static void reuse_body(void *arg)
+{
+    struct reuse *r = arg;
+    char buf[16];
+    size_t got;
+    if (kiln_tcp_accept(r->lfd, 5000, &r->fd1) != KILN_OK ||
+        kiln_io_recv(r->fd1, buf, sizeof buf, 5000, &got) != KILN_OK)
+        return;
+    close(r->fd1); /* the wrong call, on purpose */
+    atomic_store(&r->step, 1);
+    if (kiln_tcp_accept(r->lfd, 5000, &r->fd2) != KILN_OK)
+        return;
+    atomic_store(&r->step, 2);
+    while (atomic_load(&r->step) != 3)
+        kiln_sleep(2);
+    r->rc = kiln_io_recv(r->fd2, r->got, sizeof r->got, 5000, &r->ngot);
+    kiln_io_close(r->fd2);
+    atomic_store(&r->step, 4);
+}
+
+static void test_fd_number_reused_after_plain_close(void **state)
+{
+    (void)state;
+    for (int b = 0; b < NMODES; b++) {
+        kiln_rt *rt = rt_with(b);
+        struct reuse *r = calloc(1, sizeof(*r));
+        uint16_t port;
+        assert_int_equal(kiln_tcp_listen(rt, "127.0.0.1", 0, 4, &r->lfd, &port), KILN_OK);
+        assert_int_equal(kiln_spawn_fn(rt, reuse_body, r, NULL, NULL), KILN_OK);
+        /* Both client sockets exist before the server's close, so the
+         * number it frees goes to its next accept. */
+        int c2 = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(c2 >= 0);
+        int c1 = connect_blocking(port);
+        assert_true(c1 >= 0);
+        assert_int_equal(write(c1, "first", 5), 5);
+        for (int i = 0; i < 5000 && atomic_load(&r->step) < 1; i++)
+            usleep(1000);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(c2, (struct sockaddr *)&sa, sizeof sa), 0);
+        for (int i = 0; i < 5000 && atomic_load(&r->step) < 2; i++)
+            usleep(1000);
+        assert_int_equal(atomic_load(&r->step), 2);
+        /* The old connection talks first: its bytes must go nowhere. */
+        ssize_t w1 = write(c1, "stale", 5);
+        (void)w1;
+        usleep(20000);
+        assert_int_equal(write(c2, "fresh", 5), 5);
+        atomic_store(&r->step, 3);
+        for (int i = 0; i < 5000 && atomic_load(&r->step) < 4; i++)
+            usleep(1000);
+        if (r->ngot != 5 || memcmp(r->got, "fresh", 5) != 0)
+            fprintf(stderr, "%s: fds %d then %d, read \"%.*s\"\n", mode_names[b], r->fd1, r->fd2, (int)r->ngot,
+                    r->got);
+        assert_int_equal(r->fd1, r->fd2); /* else this tests nothing */
+        assert_int_equal(r->rc, KILN_OK);
+        assert_int_equal(r->ngot, 5);
+        assert_memory_equal(r->got, "fresh", 5);
+        close(c1);
+        close(c2);
+        assert_int_equal(kiln_rt_stop(rt), KILN_OK);
+        close(r->lfd);
+        free(r);
+    }
+}
+
 static void test_environment_forces_epoll(void **state)
 {
     (void)state;
@@ -503,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_long_run_does_not_hold_io),
         cmocka_unit_test(test_multishot_short_of_buffers),
         cmocka_unit_test(test_close_ends_the_connection),
+        cmocka_unit_test(test_fd_number_reused_after_plain_close),
         cmocka_unit_test(test_environment_forces_epoll),
         cmocka_unit_test(test_calls_outside_a_process),
     };
