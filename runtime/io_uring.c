@@ -467,7 +467,13 @@ int kiln_io_uring_start(kiln_rt *rt, struct kiln_io *io)
     struct uring_impl *u = kiln_calloc(1, sizeof(*u));
     if (!u)
         return KILN_ENOMEM;
-    int rc = io_uring_queue_init(RING_ENTRIES, &u->ring, 0);
+    /* A completion for a thread that is running does not interrupt it
+     * (no IPI): its work runs at that thread's next entry into the kernel
+     * (a system call, or at the latest the next timer tick), and at once
+     * for a thread asleep, like the first worker waiting on the ring. */
+    int rc = io_uring_queue_init(RING_ENTRIES, &u->ring, IORING_SETUP_COOP_TASKRUN);
+    if (rc == -EINVAL) /* before 5.19 */
+        rc = io_uring_queue_init(RING_ENTRIES, &u->ring, 0);
     if (rc < 0) {
         kiln_free(u);
         return rc == -ENOMEM ? KILN_ENOMEM : KILN_ENOTSUP;
