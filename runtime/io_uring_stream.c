@@ -9,8 +9,8 @@
  * reader is slow) has its receive cancelled until it has read them, so
  * one reader cannot take every buffer from the others. When the kernel
  * does find the ring empty it ends the receive (ENOBUFS) and that
- * stream's next receive is a one-shot one (io_uring.c), after which the
- * stream starts again.
+ * stream's next ONESHOTS_AFTER_SHORTAGE receives are one-shot ones
+ * (io_uring.c), after which the stream starts again.
  *
  * A caller that asks for a lot at once (the rest of a large frame) is
  * better served by reading straight into its own memory than through
@@ -36,6 +36,10 @@
 #define DEFAULT_BUFSIZE (128u * 1024u)
 #define MAX_BUFS 32768u /* buffer ids are 16 bits */
 #define BULK_MIN(rx) (4u * (size_t)(rx)->bufsize)
+/* With more busy sockets than buffers, starting a stream that the ring
+ * cannot feed costs a submission and a completion per receive for
+ * nothing: such a stream stays one-shot for a while. */
+#define ONESHOTS_AFTER_SHORTAGE 16u
 
 struct rx_chunk {
     uint32_t len, off;
@@ -50,7 +54,7 @@ struct ustream {
     bool armed;      /* the kernel holds a multishot receive for us */
     bool cancelling; /* and has been asked to end it */
     bool detached;   /* fd closed: freed once unused */
-    bool nobufs;     /* the ring ran dry: next receive is one-shot */
+    unsigned oneshots; /* receives left to do one-shot after the ring ran dry */
     bool waiting;    /* a process is between parking and re-checking */
     struct ustream *next_pending;
     kiln_msg *waiter; /* its WAKE, until a completion hands it over */
@@ -369,8 +373,9 @@ int kiln_uring_rx_recv(struct kiln_proc *p, int fd, void *buf, size_t cap, uint6
         }
         bool bulk = cap >= BULK_MIN(rx);
         if (!s->armed) {
-            if (s->nobufs || bulk || !atomic_load_explicit(&rx->on, memory_order_relaxed)) {
-                s->nobufs = false;
+            if (s->oneshots || bulk || !atomic_load_explicit(&rx->on, memory_order_relaxed)) {
+                if (s->oneshots)
+                    s->oneshots--;
                 rc = KILN_ENOTSUP;
                 break;
             }
@@ -441,7 +446,7 @@ kiln_msg *kiln_uring_rx_complete(struct uring_impl *u, const struct io_uring_cqe
     } else if (res == 0) {
         s->end = 1;
     } else if (res == -ENOBUFS) {
-        s->nobufs = true;
+        s->oneshots = ONESHOTS_AFTER_SHORTAGE;
         atomic_fetch_add_explicit(&rx->shortages, 1, memory_order_relaxed);
     } else if (res == -EINVAL) {
         /* Buffer rings without multishot receives (5.19): one-shot from now on. */
