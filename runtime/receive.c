@@ -59,6 +59,10 @@ static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int6
     if (p->max_mailbox) {
         kiln_proc_drain(p);
         kiln_proc_trim(p);
+        /* That drain may have saved the very message waited for (a fast
+         * WAKE), so nothing saved can be skipped; the bound keeps the
+         * scan short. */
+        skip_saved = false;
     }
     kiln_msg *prev = NULL;
     kiln_msg *m = p->save_head;

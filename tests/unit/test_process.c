@@ -454,6 +454,39 @@ static void test_bounded_drop_newest_and_oldest(void **state)
     }
 }
 
+/* A bounded mailbox drains its queue when a receive starts (to apply the
+ * bound); a blocking wait whose answer came back that fast must still
+ * find it. */
+static void *answer_at_once(void *arg) { return arg; }
+
+struct bounded_waits {
+    _Atomic int done;
+    int fails;
+};
+
+static void bounded_waiter(void *arg)
+{
+    struct bounded_waits *w = arg;
+    for (int i = 0; i < 2000; i++) {
+        void *r = NULL;
+        if (kiln_blocking(answer_at_once, w, &r) != KILN_OK || r != w)
+            w->fails++;
+    }
+    atomic_store(&w->done, 1);
+}
+
+static void test_bounded_mailbox_blocking_waits(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct bounded_waits w = {0};
+    kiln_spawn_opts o = {.max_mailbox = 8, .overflow = KILN_OVERFLOW_DROP_OLDEST};
+    assert_int_equal(kiln_spawn_fn(rt, bounded_waiter, &w, &o, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&w.done, 20000));
+    assert_int_equal(w.fails, 0);
+    kiln_rt_stop(rt);
+}
+
 /* ---- init and terminate edge cases ---- */
 
 struct life {
@@ -627,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
         cmocka_unit_test(test_bounded_mailbox_policies),
         cmocka_unit_test(test_bounded_drop_newest_and_oldest),
+        cmocka_unit_test(test_bounded_mailbox_blocking_waits),
         cmocka_unit_test(test_init_stop_killed_init_and_blocking_terminate),
         cmocka_unit_test(test_dead_pid_never_matches_new_process),
         cmocka_unit_test(test_process_table_limit),
