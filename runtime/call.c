@@ -135,7 +135,7 @@ static int call_remote(struct kiln_proc *p, kiln_term to, kiln_msg *request, int
     kiln_rt_send(rt, to, request);
     struct call_wait cw = {rt, n};
     kiln_msg *m;
-    int rc = kiln_proc_receive(p, match_reply, &cw, timeout_ms, &m);
+    int rc = kiln_proc_receive_new(p, match_reply, &cw, timeout_ms, &m);
     if (rc != KILN_OK) {
         forget(p, n, mon.pid);
         return rc;
@@ -198,7 +198,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
 
     struct call_wait cw = {rt, n};
     kiln_msg *m;
-    int rc = kiln_proc_receive(p, match_reply, &cw, timeout_ms, &m);
+    int rc = kiln_proc_receive_new(p, match_reply, &cw, timeout_ms, &m);
     if (rc != KILN_OK) {
         forget(p, n, target);
         return rc;

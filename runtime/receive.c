@@ -70,8 +70,9 @@ static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int6
         prev = p->save_tail;
         m = NULL;
         /* A TIMEOUT of the current timer could sit among the skipped
-         * messages: start a fresh timer generation instead. */
-        if (timeout_ms > 0 && p->recv_timer) {
+         * messages if it is due: then start a fresh timer generation.
+         * One not yet due is kept (consecutive calls share it). */
+        if (timeout_ms > 0 && p->recv_timer && kiln_now_ms() >= p->recv_timer_at) {
             kiln_cancel_timer(p->rt, p->recv_timer, NULL);
             p->recv_timer = 0;
         }
@@ -122,6 +123,12 @@ static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int6
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out)
 {
     return receive(p, match, arg, timeout_ms, false, out);
+}
+
+int kiln_proc_receive_new(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms,
+                          kiln_msg **out)
+{
+    return receive(p, match, arg, timeout_ms, true, out);
 }
 
 struct user_match {

@@ -316,6 +316,11 @@ int kiln_route(kiln_rt *rt, kiln_term to, kiln_msg *msg);
 /* ---- receive.c ---- */
 typedef bool (*kiln_msg_match_fn)(kiln_msg *m, void *arg);
 int kiln_proc_receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **out);
+/* The same for a message that cannot have arrived yet (a reply to a
+ * request sent after the last receive): what is saved is not scanned,
+ * as Erlang's receive markers do for a fresh reference. */
+int kiln_proc_receive_new(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms,
+                          kiln_msg **out);
 /* Wait for the WAKE signal tagged id (from the blocking pool or the I/O
  * layer); KILN_ETIMEOUT when timeout_ms passes first. */
 int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_msg **out);

@@ -193,6 +193,64 @@ static void test_call_reply_noproc_and_exit(void **state)
     kiln_rt_stop(rt);
 }
 
+/* Calls from a process with a backlog of saved messages: the reply (and
+ * a DOWN) is found though the scan starts after the backlog, and the
+ * backlog is still there, in order, afterwards. */
+static bool never(kiln_term t, void *arg)
+{
+    (void)t;
+    (void)arg;
+    return false;
+}
+
+struct backlog_res {
+    kiln_term server, dying;
+    int ok_calls, rc_died, in_order;
+};
+
+static void backlog_caller(void *arg)
+{
+    struct backlog_res *r = arg;
+    for (int64_t i = 0; i < 500; i++)
+        kiln_send(kiln_self(), kiln_test_msg("~i", i));
+    kiln_msg *m = NULL;
+    kiln_receive(never, NULL, 0, &m); /* moves them all to the saved list */
+    for (int64_t i = 0; i < 50; i++) {
+        kiln_msg *reply = NULL;
+        int64_t v = -1;
+        if (kiln_call(r->server, kiln_test_msg("~i", 1000 + i), 1000, &reply, NULL) == KILN_OK &&
+            kiln_get_int64(kiln_msg_term(reply), &v) == KILN_OK && v == 1000 + i)
+            r->ok_calls++;
+        kiln_msg_free(reply);
+    }
+    kiln_msg *reply = NULL, *reason = NULL;
+    r->rc_died = kiln_call(r->dying, kiln_test_msg("die"), 1000, &reply, &reason);
+    kiln_msg_free(reason);
+    r->in_order = 1;
+    for (int64_t i = 0; i < 500; i++) {
+        int64_t v = -1;
+        if (kiln_receive(kiln_test_any, NULL, 0, &m) != KILN_OK ||
+            kiln_get_int64(kiln_msg_term(m), &v) != KILN_OK || v != i)
+            r->in_order = 0;
+        kiln_msg_free(m);
+        m = NULL;
+    }
+}
+
+static void test_calls_with_a_backlog(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct backlog_res r = {0};
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &r.server), KILN_OK);
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &r.dying), KILN_OK);
+    kiln_test_run_in_process(rt, backlog_caller, &r, 10000);
+    assert_int_equal(r.ok_calls, 50);
+    assert_int_equal(r.rc_died, KILN_EEXIT);
+    assert_int_equal(r.in_order, 1);
+    kiln_rt_stop(rt);
+}
+
 static void timeout_caller(void *arg)
 {
     struct call_res *r = arg;
@@ -654,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_behaviour_receives_in_order_and_stops),
         cmocka_unit_test(test_selective_receive_keeps_order),
         cmocka_unit_test(test_call_reply_noproc_and_exit),
+        cmocka_unit_test(test_calls_with_a_backlog),
         cmocka_unit_test(test_call_timeout_drops_late_reply),
         cmocka_unit_test(test_calls_with_timeouts_keep_timers_bounded),
         cmocka_unit_test(test_idle_processes_hold_no_stack),
