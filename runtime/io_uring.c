@@ -52,9 +52,6 @@ static kiln_msg *op_new(struct kiln_proc *p, size_t data)
     return m;
 }
 
-/* Keeps a read on the scheduler's eventfd on the ring, so that a write
- * to it ends a wait. Caller holds u->lock; submitted with the next
- * submission or wait. */
 struct io_uring_sqe *kiln_uring_sqe_locked(struct uring_impl *u)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -65,6 +62,8 @@ struct io_uring_sqe *kiln_uring_sqe_locked(struct uring_impl *u)
     return sqe;
 }
 
+/* Keeps a read on the scheduler's eventfd on the ring, so that a write
+ * to it ends a wait. Caller holds u->lock. */
 static void arm_wake_locked(struct uring_impl *u)
 {
     if (u->wake_armed || u->stopping || u->rt->io_wake_fd < 0)

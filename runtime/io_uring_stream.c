@@ -65,16 +65,13 @@ struct ustream {
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uring_impl *live_head;
 
-static bool env_off(void)
+/* KILN_IO_MULTISHOT=0|1 overrides the configuration. */
+static bool wanted(const kiln_rt_config *cfg)
 {
     const char *e = getenv("KILN_IO_MULTISHOT");
-    return e && strcmp(e, "0") == 0;
-}
-
-static bool env_on(void)
-{
-    const char *e = getenv("KILN_IO_MULTISHOT");
-    return e && strcmp(e, "1") == 0;
+    if (e && (strcmp(e, "0") == 0 || strcmp(e, "1") == 0))
+        return e[0] == '1';
+    return cfg->io_recv_multishot >= 0;
 }
 
 void kiln_uring_rx_init(struct uring_impl *u, const kiln_rt_config *cfg)
@@ -83,7 +80,7 @@ void kiln_uring_rx_init(struct uring_impl *u, const kiln_rt_config *cfg)
     atomic_store(&rx->on, false);
     pthread_mutex_init(&rx->buf_lock, NULL);
     pthread_mutex_init(&rx->table_lock, NULL);
-    if ((cfg->io_recv_multishot < 0 && !env_on()) || env_off())
+    if (!wanted(cfg))
         return;
     unsigned n = cfg->io_recv_buffers ? cfg->io_recv_buffers : DEFAULT_BUFS;
     if (n > MAX_BUFS)

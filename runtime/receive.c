@@ -51,7 +51,7 @@ static int arm(struct kiln_proc *p, uint64_t deadline, uint64_t now)
 }
 
 /* skip_saved: the message wanted cannot be among those already saved
- * (see kiln_wait_wake), so the scan starts after them. */
+ * (kiln_proc_receive_new), so the scan starts after them. */
 static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int64_t timeout_ms, bool skip_saved,
                    kiln_msg **out)
 {
@@ -167,7 +167,7 @@ int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_ms
      * before the operation, so none is its WAKE. Skipping them keeps a
      * connection writer with thousands of frames queued from rescanning
      * them on every write (Erlang's receive markers do the same). */
-    return receive(p, match_wake, &id, timeout_ms, true, out);
+    return kiln_proc_receive_new(p, match_wake, &id, timeout_ms, out);
 }
 
 static bool match_nothing(kiln_msg *m, void *arg)
