@@ -580,6 +580,7 @@ static kiln_term recv_cancel(kiln_term *ref_out, kiln_msg **hold)
     kiln_term tag = A("$gen_consumer");
     kiln_msg *m;
     *hold = NULL;
+    *ref_out = KILN_NONE;
     if (kiln_receive(is_tag3, &tag, 2000, &m) != KILN_OK)
         return KILN_NONE;
     kiln_term r, why;
