@@ -82,5 +82,10 @@ int kiln_binary_to_term(kiln_term bin, const kiln_etf_decode_opts *opts, kiln_ms
     int rc = kiln_get_binary(bin, &data, &len);
     if (rc != KILN_OK)
         return rc;
-    return kiln_etf_decode(data, len, opts, out, NULL);
+    kiln_etf_decode_opts o = opts ? *opts : (kiln_etf_decode_opts){0};
+    if (!o.source)
+        /* A refcounted bin lends its bytes to the large binaries inside
+         * (the decoder's eighth-of-the-blob rule bounds what they pin). */
+        o.source = etf_bits_blob(bin);
+    return kiln_etf_decode(data, len, &o, out, NULL);
 }

@@ -146,7 +146,9 @@ typedef struct kiln_t2b_opts {
 int kiln_etf_term_to_bytes(kiln_term t, const kiln_t2b_opts *opts, uint8_t **out, size_t *len);
 /* term_to_binary(T, Opts) as a binary term in m. NULL opts: defaults. */
 int kiln_term_to_binary(kiln_msg *m, kiln_term t, const kiln_t2b_opts *opts, kiln_term *out);
-/* binary_to_term(Bin): a new message holding the decoded term. */
+/* binary_to_term(Bin): a new message holding the decoded term. When bin is
+ * refcounted (and opts gives no source), it is the source: binaries inside
+ * it that are at least an eighth of it are shared, not copied. */
 int kiln_binary_to_term(kiln_term bin, const kiln_etf_decode_opts *opts, kiln_msg **out);
 
 #ifdef __cplusplus

@@ -308,6 +308,19 @@ static void test_decode_shares_large_binaries(void **state)
     assert_memory_equal(ps, small, SMALL);
     kiln_msg_free(d);
 
+    /* binary_to_term of a refcounted binary term: that binary is the
+     * source. */
+    kiln_term bt = kiln_binary(m, bytes, n);
+    assert_int_equal(kiln_get_binary(bt, &pb, &lb), KILN_OK);
+    lo = (uintptr_t)pb;
+    hi = lo + lb;
+    assert_int_equal(kiln_binary_to_term(bt, NULL, &d), KILN_OK);
+    assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 0), &pb, &lb), KILN_OK);
+    assert_true((uintptr_t)pb >= lo && (uintptr_t)pb + lb <= hi);
+    assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 1), &ps, &ls), KILN_OK);
+    assert_false((uintptr_t)ps >= lo && (uintptr_t)ps < hi);
+    kiln_msg_free(d);
+
     /* Without a source, or from other memory, everything is copied. */
     assert_int_equal(kiln_etf_decode(bytes, n, NULL, &d, NULL), KILN_OK);
     assert_int_equal(kiln_get_binary(kiln_tuple_get(kiln_msg_term(d), 0), &pb, &lb), KILN_OK);
