@@ -8,6 +8,15 @@
  * stack at all: like erts' dec_term, the slots still to be filled are
  * chained through themselves (each empty slot holds the address of the
  * next), so a child is written where its parent left room for it.
+ *
+ * Inputs too short to nest past the depth cap take one pass instead (the
+ * "fast" mode): pass 2 checks each term with pass 1's own code just
+ * before building it, and the arena starts from a guess and grows. The
+ * second walk, its frame stack and the second look at every atom were
+ * about a third of decoding a small tuple. Anything the fast mode does
+ * not take on (funs, atoms not yet in the table, any error) starts over
+ * with the two passes, which also give the canonical error; so invalid
+ * input still creates no atoms.
  */
 #include <math.h>
 #include <stddef.h>
@@ -20,6 +29,14 @@
 
 #define HDR(size, sub) (((uint64_t)(size) << 8) | (uint64_t)(sub))
 #define INLINE_FRAMES 64
+#define INLINE_MAPS 8
+/* The fast mode's limit: its arena is a guess (etf_fast_words) that can
+ * waste up to two bytes per input byte, so past this the exact size of two
+ * passes is worth more than the walk it saves. */
+#define FAST_MAX_LEN ((size_t)16 << 10)
+/* Not an error anyone sees: the fast mode hands the input to the two
+ * passes. */
+#define FAST_BAIL (KILN_ELAST - 1)
 
 enum frame_kind { FR_PLAIN = 0, FR_LIST, FR_FUN };
 
@@ -67,17 +84,103 @@ struct dec {
     struct frame inline_stack[INLINE_FRAMES];
     /* pass 2 */
     bool checked; /* pass 1 accepted every atom's text */
+    bool fast;    /* one pass: check each term as it is built */
     kiln_msg *m;
     kiln_term *maps;
-    size_t nm;
+    size_t nm, capm;
+    kiln_term inline_maps[INLINE_MAPS];
 };
 
 struct atom_txt {
     const uint8_t *text;
     size_t len;
     bool latin1;
-    int cache; /* ATOM_CACHE_REF index, or -1 */
+    int cache;         /* ATOM_CACHE_REF index, or -1 */
+    kiln_term known;   /* the atom, when the memo knew these bytes; else KILN_NONE */
+    const uint8_t *enc; /* the encoding (tag first) and its length, for the memo */
+    size_t enc_len;
 };
+
+/* ---------- the decoder's atom memo ----------
+ *
+ * Messages repeat the same atoms (ok, a record name, the node in every
+ * pid), and turning text into an atom went through a Latin-1 conversion,
+ * a UTF-8 check and the atom table's own memo (a hash of the text and a
+ * memcmp): a fifth of decoding a small tuple. This memo is keyed on the
+ * encoded bytes themselves (tag, length, text), so a hit is a few word
+ * compares and needs no check: only bytes that once made a valid atom are
+ * in it. Atoms are never freed, so entries never go stale. */
+#define AMEMO_SLOTS 64
+#define AMEMO_MAX 32 /* encodings longer than this are not memoised */
+
+struct amemo {
+    uint8_t bytes[AMEMO_MAX];
+    size_t len;
+    kiln_term atom;
+};
+static _Thread_local struct amemo amemo[AMEMO_SLOTS];
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8); /* a fixed-size copy is one load */
+    return v;
+}
+
+/* The slot of an encoding of n bytes (8 <= n <= AMEMO_MAX, and 8 readable
+ * bytes at p). */
+static inline size_t amemo_slot(const uint8_t *p, size_t n)
+{
+    uint64_t h = load64(p) ^ (load64(p + n - 8) * UINT64_C(0xff51afd7ed558ccd)) ^ n;
+    return (size_t)((h * UINT64_C(0x9e3779b97f4a7c15)) >> 58);
+}
+
+/* Equal n bytes, 8 <= n <= AMEMO_MAX, with overlapping word loads. */
+static inline bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i + 8 < n; i += 8)
+        if (load64(a + i) != load64(b + i))
+            return false;
+    return load64(a + n - 8) == load64(b + n - 8);
+}
+
+/* The encoding at p (n bytes, with at least 8 readable from p) is hashed
+ * on whole words, so short atoms only take part when the input goes on
+ * past them (an atom at the very end is looked up the slow way). */
+static kiln_term amemo_get(const uint8_t *p, size_t n, size_t readable)
+{
+    if (n < 8 || n > AMEMO_MAX) {
+        if (n > AMEMO_MAX || readable < 8)
+            return KILN_NONE;
+        /* Short: compare the first 8 bytes with those past the atom
+         * masked off (the entry stores them as zero). */
+        uint64_t mask = UINT64_MAX >> (8 * (8 - n));
+        uint64_t w = load64(p) & mask;
+        const struct amemo *e = &amemo[(size_t)(((w ^ n) * UINT64_C(0x9e3779b97f4a7c15)) >> 58)];
+        return e->len == n && load64(e->bytes) == w ? e->atom : KILN_NONE;
+    }
+    const struct amemo *e = &amemo[amemo_slot(p, n)];
+    return e->len == n && same_bytes(e->bytes, p, n) ? e->atom : KILN_NONE;
+}
+
+static void amemo_put(const uint8_t *p, size_t n, kiln_term atom)
+{
+    if (n > AMEMO_MAX || n == 0)
+        return;
+    struct amemo *e;
+    if (n < 8) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        e = &amemo[(size_t)(((w ^ n) * UINT64_C(0x9e3779b97f4a7c15)) >> 58)];
+        memset(e->bytes, 0, sizeof e->bytes);
+        memcpy(e->bytes, &w, 8);
+    } else {
+        e = &amemo[amemo_slot(p, n)];
+        memcpy(e->bytes, p, n);
+    }
+    e->len = n;
+    e->atom = atom;
+}
 
 /* ---------- shared helpers ---------- */
 
@@ -181,6 +284,8 @@ static int read_atom(struct dec *d, struct atom_txt *a)
     uint8_t tag = d->p[d->pos];
     size_t n, hl;
     a->cache = -1;
+    a->known = KILN_NONE;
+    a->enc_len = 0;
     switch (tag) {
     case ETF_ATOM_CACHE_REF:
         if (!have(d, 2))
@@ -223,6 +328,13 @@ static int read_atom(struct dec *d, struct atom_txt *a)
     a->text = d->p + d->pos + hl;
     a->len = n;
     a->latin1 = (tag == ETF_ATOM || tag == ETF_SMALL_ATOM);
+    a->enc = d->p + d->pos;
+    a->enc_len = hl + n;
+    a->known = amemo_get(a->enc, a->enc_len, left_bytes(d));
+    if (a->known != KILN_NONE) {
+        d->pos += hl + n;
+        return KILN_OK;
+    }
     if (a->latin1) {
         if (n > 255)
             return KILN_EATOM_TOO_LONG;
@@ -244,6 +356,8 @@ static bool atom_is_local(struct dec *d, const struct atom_txt *a)
 {
     if (a->cache >= 0)
         return d->o->atom_refs[a->cache] == d->node;
+    if (a->known != KILN_NONE)
+        return a->known == d->node;
     /* Looked up on the first pid, port or reference, not per decode. */
     if (!d->node_text && !(d->node_text = kiln_atom_text(d->node, &d->node_len)))
         return false;
@@ -260,6 +374,10 @@ static int make_atom(const struct dec *d, const struct atom_txt *a, kiln_term *o
         *out = d->o->atom_refs[a->cache];
         return KILN_OK;
     }
+    if (a->known != KILN_NONE) {
+        *out = a->known;
+        return KILN_OK;
+    }
     char buf[512];
     const char *s = (const char *)a->text;
     size_t n = a->len;
@@ -267,9 +385,12 @@ static int make_atom(const struct dec *d, const struct atom_txt *a, kiln_term *o
         n = latin1_to_utf8(a->text, a->len, buf);
         s = buf;
     }
-    if (d->o->existing_atoms_only)
-        return kiln_atom_existing(s, n, out);
-    return kiln_atom(s, n, out);
+    int rc = d->o->existing_atoms_only || d->fast ? kiln_atom_existing(s, n, out) : kiln_atom(s, n, out);
+    if (rc == KILN_OK)
+        amemo_put(a->enc, a->enc_len, *out);
+    else if (rc == KILN_ENOTREG && d->fast && !d->o->existing_atoms_only)
+        rc = FAST_BAIL; /* a new atom: only once the whole input is known good */
+    return rc;
 }
 
 /* Big integer magnitude bytes (little-endian) with high zero bytes
@@ -308,7 +429,7 @@ static size_t export_words(void) { return 4; }
 
 static int add_words(struct dec *d, size_t n)
 {
-    if (d->opaque)
+    if (d->opaque || d->fast)
         return KILN_OK;
     if (n > SIZE_MAX / 8 - d->words)
         return KILN_EBADLENGTH;
@@ -318,6 +439,8 @@ static int add_words(struct dec *d, size_t n)
 
 static int push(struct dec *d, uint8_t kind, uint64_t children, size_t fun_end)
 {
+    if (d->fast)
+        return KILN_OK; /* no frames: the input is too short to nest too deep */
     if (d->sp >= d->max_depth)
         return KILN_ETOODEEP;
     if (d->sp == d->cap) {
@@ -568,6 +691,8 @@ static int scan_one(struct dec *d)
         return add_words(d, export_words());
     }
     case ETF_NEW_FUN: {
+        if (d->fast)
+            return FAST_BAIL; /* its bytes are kept, checked against its Size */
         if (!have(d, 1 + ETF_FUN_FIXED))
             return KILN_ETRUNCATED;
         size_t size = etf_get32(q + 1);
@@ -888,6 +1013,53 @@ static int build_fun(struct dec *d, size_t n, kiln_term *out)
     return rc;
 }
 
+/* In the fast mode: tags whose case in build checks its own lengths,
+ * as pass 1 would (the common ones: a second dispatch through scan_one
+ * for each of them cost more than the checks). */
+static bool checks_itself(uint8_t tag)
+{
+    switch (tag) {
+    case ETF_SMALL_INTEGER:
+    case ETF_INTEGER:
+    case ETF_ATOM:
+    case ETF_SMALL_ATOM:
+    case ETF_ATOM_UTF8:
+    case ETF_SMALL_ATOM_UTF8:
+    case ETF_ATOM_CACHE_REF:
+    case ETF_NIL:
+    case ETF_SMALL_TUPLE:
+    case ETF_LARGE_TUPLE:
+    case ETF_MAP:
+    case ETF_STRING:
+    case ETF_LIST:
+    case ETF_BINARY:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The fast mode's "fewer than n bytes left"; pass 1 checked it otherwise. */
+static bool short_of(const struct dec *d, size_t n) { return d->fast && !have(d, n); }
+
+/* Remembers a map to sort once its keys are built. */
+static int note_map(struct dec *d, kiln_term map)
+{
+    if (d->nm == d->capm) {
+        size_t ncap = d->capm * 2;
+        kiln_term *nm = d->maps == d->inline_maps ? kiln_malloc(ncap * sizeof *nm)
+                                                  : kiln_realloc(d->maps, ncap * sizeof *nm);
+        if (!nm)
+            return KILN_ENOMEM;
+        if (d->maps == d->inline_maps)
+            memcpy(nm, d->maps, d->nm * sizeof *nm);
+        d->maps = nm;
+        d->capm = ncap;
+    }
+    d->maps[d->nm++] = map;
+    return KILN_OK;
+}
+
 static int build(struct dec *d, kiln_term *result)
 {
     kiln_term root = 0;
@@ -895,18 +1067,34 @@ static int build(struct dec *d, kiln_term *result)
     while (dest) {
         kiln_term *slot = dest;
         dest = slot_of(*slot);
+        int rc;
+        if (d->fast) {
+            if (!have(d, 1))
+                return KILN_ETRUNCATED;
+            /* The common tags check their lengths below (read_atom checks
+             * atoms); the rest get pass 1's check of this one term. */
+            if (!checks_itself(d->p[d->pos])) {
+                size_t at = d->pos;
+                if ((rc = scan_one(d)) != KILN_OK)
+                    return rc;
+                d->pos = at;
+            }
+        }
         const uint8_t *q = d->p + d->pos;
         uint8_t tag = q[0];
         size_t n;
         kiln_term t;
         kiln_term *hp;
-        int rc;
         switch (tag) {
         case ETF_SMALL_INTEGER:
+            if (short_of(d, 2))
+                return KILN_ETRUNCATED;
             *slot = kiln_small(q[1]);
             d->pos += 2;
             break;
         case ETF_INTEGER:
+            if (short_of(d, 5))
+                return KILN_ETRUNCATED;
             *slot = kiln_small((int32_t)etf_get32(q + 1));
             d->pos += 5;
             break;
@@ -966,12 +1154,18 @@ static int build(struct dec *d, kiln_term *result)
         case ETF_SMALL_TUPLE:
         case ETF_LARGE_TUPLE:
             if (tag == ETF_SMALL_TUPLE) {
+                if (short_of(d, 2))
+                    return KILN_ETRUNCATED;
                 n = q[1];
                 d->pos += 2;
             } else {
+                if (short_of(d, 5))
+                    return KILN_ETRUNCATED;
                 n = etf_get32(q + 1);
                 d->pos += 5;
             }
+            if (d->fast && n > left_bytes(d))
+                return KILN_EBADLENGTH;
             if (!(hp = take(d, 1 + n)))
                 return KILN_ENOMEM;
             hp[0] = HDR(n, KILN_SUB_TUPLE);
@@ -984,8 +1178,12 @@ static int build(struct dec *d, kiln_term *result)
             }
             break;
         case ETF_MAP:
+            if (short_of(d, 5))
+                return KILN_ETRUNCATED;
             n = etf_get32(q + 1);
             d->pos += 5;
+            if (d->fast && n > left_bytes(d) / 2)
+                return KILN_EBADLENGTH;
             if (!(hp = take(d, 1 + 2 * n)))
                 return KILN_ENOMEM;
             hp[0] = HDR(2 * n, KILN_SUB_MAP);
@@ -998,12 +1196,17 @@ static int build(struct dec *d, kiln_term *result)
                     hp[1 + n + i] = i + 1 < n ? link_of(&hp[2 + i]) : link_of(dest);
                 }
                 dest = &hp[1];
-                d->maps[d->nm++] = *slot;
+                if ((rc = note_map(d, *slot)) != KILN_OK)
+                    return rc;
             }
             break;
         case ETF_STRING:
+            if (short_of(d, 3))
+                return KILN_ETRUNCATED;
             n = etf_get16(q + 1);
             d->pos += 3;
+            if (d->fast && n > left_bytes(d))
+                return KILN_EBADLENGTH;
             if (n == 0) {
                 *slot = KILN_NIL;
                 break;
@@ -1018,8 +1221,12 @@ static int build(struct dec *d, kiln_term *result)
             d->pos += n;
             break;
         case ETF_LIST:
+            if (short_of(d, 5))
+                return KILN_ETRUNCATED;
             n = etf_get32(q + 1);
             d->pos += 5;
+            if (d->fast && n >= left_bytes(d))
+                return KILN_EBADLENGTH;
             if (n == 0) {
                 /* The tail is the whole value: fill this slot with it. */
                 *slot = link_of(dest);
@@ -1038,7 +1245,11 @@ static int build(struct dec *d, kiln_term *result)
             *slot = (kiln_term)(uintptr_t)hp | KILN_TAG_CONS;
             break;
         case ETF_BINARY:
+            if (short_of(d, 5))
+                return KILN_ETRUNCATED;
             n = etf_get32(q + 1);
+            if (d->fast && left_bytes(d) - 5 < n)
+                return KILN_EBADLENGTH;
             if ((t = build_bits(d, q + 5, n * 8)) == KILN_NONE)
                 return KILN_ENOMEM;
             *slot = t;
@@ -1119,9 +1330,11 @@ static int dec_init(struct dec *d, const uint8_t *p, size_t len, const kiln_etf_
     d->stack = NULL;
     d->sp = d->cap = 0;
     d->checked = false;
+    d->fast = false;
     d->m = NULL;
-    d->maps = NULL;
+    d->maps = d->inline_maps;
     d->nm = 0;
+    d->capm = INLINE_MAPS;
     d->p = p;
     d->len = len;
     d->o = o ? o : &defaults;
@@ -1189,6 +1402,47 @@ static int measure(struct dec *d, bool compressed, size_t wrapped_len, bool bare
     return KILN_OK;
 }
 
+static void free_maps(struct dec *d)
+{
+    if (d->maps != d->inline_maps)
+        kiln_free(d->maps);
+    d->maps = d->inline_maps;
+    d->nm = 0;
+    d->capm = INLINE_MAPS;
+}
+
+size_t etf_fast_words(size_t len)
+{
+    /* Most terms need under half a word per input byte (a small tuple with
+     * a binary: 10 words for 19 bytes); those that need more (lists of
+     * small integers take up to two) go the two-pass way. */
+    return len / 4 + 8;
+}
+
+/* The one-pass decode into a new message (see the top of the file);
+ * FAST_BAIL or any error: the caller starts over with two passes. */
+static int decode_fast(struct dec *d, bool bare, kiln_msg **newm, kiln_term *term, size_t *used)
+{
+    kiln_msg *m = kiln_msg_new_words(etf_fast_words(d->len));
+    if (!m)
+        return KILN_ENOMEM;
+    d->fast = true;
+    d->m = m;
+    int rc = build(d, term);
+    free_maps(d);
+    d->fast = false;
+    if (rc == KILN_OK && m->chunks)
+        rc = FAST_BAIL; /* the guess was short: one block, as the exact size gives */
+    if (rc != KILN_OK) {
+        kiln_msg_free(m);
+        return rc;
+    }
+    kiln_msg_set_term(m, *term);
+    *newm = m;
+    *used = d->pos + (bare ? 0 : 1);
+    return KILN_OK;
+}
+
 static int decode_common(kiln_msg *m, kiln_msg **newm, const void *data, size_t len, bool bare,
                          const kiln_etf_decode_opts *o, kiln_term *term, size_t *used, bool need_all)
 {
@@ -1203,6 +1457,21 @@ static int decode_common(kiln_msg *m, kiln_msg **newm, const void *data, size_t 
     struct dec d;
     if ((rc = dec_init(&d, tp, tlen, o)) != KILN_OK)
         goto out;
+    /* Shorter than the depth cap: nothing in it can nest past the cap. */
+    if (newm && !inflated && tlen <= FAST_MAX_LEN && tlen < d.max_depth) {
+        if (decode_fast(&d, bare, newm, term, &u) == KILN_OK) {
+            if (need_all && u != len) {
+                kiln_msg_free(*newm);
+                *newm = NULL;
+                rc = KILN_ETRAILING;
+            } else if (used) {
+                *used = u;
+            }
+            goto out;
+        }
+        if ((rc = dec_init(&d, tp, tlen, o)) != KILN_OK)
+            goto out;
+    }
     if ((rc = measure(&d, inflated != NULL, wrapped, bare, &u)) != KILN_OK)
         goto out;
     if (need_all && u != len) {
@@ -1220,18 +1489,19 @@ static int decode_common(kiln_msg *m, kiln_msg **newm, const void *data, size_t 
         rc = KILN_ENOMEM;
         goto out;
     }
-    if (d.nmaps) {
+    if (d.nmaps > INLINE_MAPS) {
         if (d.nmaps > SIZE_MAX / sizeof(kiln_term) || !(d.maps = kiln_malloc(d.nmaps * sizeof(kiln_term)))) {
+            d.maps = d.inline_maps;
             rc = KILN_ENOMEM;
             goto fail;
         }
+        d.capm = d.nmaps;
     }
     d.m = m;
     d.pos = 0;
     d.checked = true;
     rc = build(&d, term);
-    if (d.maps)
-        kiln_free(d.maps);
+    free_maps(&d);
     if (rc != KILN_OK)
         goto fail;
     if (newm) {

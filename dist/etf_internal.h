@@ -81,6 +81,9 @@ static inline void etf_put64(uint8_t *p, uint64_t v)
  * the one file that knows runtime/term_layout.h). */
 size_t etf_bits_words(size_t nbits);
 size_t etf_fun_words(size_t len);
+/* The arena words the decoder's one-pass mode gives an input of len
+ * bytes (the term must fit them, or it is decoded in two passes). */
+size_t etf_fast_words(size_t len);
 /* If t is a refcounted bitstring: its blob (not yet incref'd). */
 kiln_bin *etf_bits_blob(kiln_term t);
 

@@ -2,6 +2,10 @@
  * error or a term; a term must re-encode, decode again to an equal term,
  * and re-encode to the same bytes (the encoding is a fixpoint).
  *
+ * Every input is also decoded with kiln_etf_decode_into, which always takes
+ * the two passes, while kiln_etf_decode takes one for short inputs: both
+ * must agree on the result code, the bytes used and the term.
+ *
  * The first byte picks the mode, the rest is the input:
  *   bit 0: refuse new atoms (keeps the atom table from filling up)
  *   bit 1: bare term (as in a distribution header, with two atom refs)
@@ -63,6 +67,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t used = 0;
     int rc = (mode & 2) ? kiln_etf_decode_bare(data + 1, size - 1, &o, &m, &used)
                         : kiln_etf_decode(data + 1, size - 1, &o, &m, NULL);
+    kiln_msg *m2 = kiln_msg_new(0);
+    kiln_term t2;
+    size_t used2 = 0;
+    if (!m2)
+        abort();
+    int rc2 = kiln_etf_decode_into(m2, data + 1, size - 1, mode & 2, &o, &t2, (mode & 2) ? &used2 : NULL);
+    if (rc2 != rc || (rc == KILN_OK && (used2 != used || !kiln_term_eq(t2, kiln_msg_term(m)))))
+        abort();
+    kiln_msg_free(m2);
     if (rc == KILN_OK) {
         if ((mode & 2) && used > size - 1)
             abort();

@@ -324,6 +324,34 @@ static void test_mutations(void **state)
     kiln_msg_free(m);
 }
 
+/* A short input is decoded in one pass, but an atom is only made once the
+ * whole input has proved good: bad input leaves the atom table alone. */
+static void test_bad_input_makes_no_atoms(void **state)
+{
+    (void)state;
+    kiln_term a;
+    /* {new_atom_one, <<truncated>>}, {new_atom_two} with a trailing byte,
+     * [new_atom_three | bad tag]. */
+    static const uint8_t truncated[] = {131, 104, 2, 119, 12, 'n', 'e', 'w', '_', 'a', 't', 'o', 'm', '_',
+                                        'o', 'n', 'e', 109, 0, 0, 0, 9, 'x'};
+    static const uint8_t trailing[] = {131, 104, 1, 119, 12, 'n', 'e', 'w', '_', 'a', 't', 'o', 'm', '_',
+                                       't', 'w', 'o', 106};
+    static const uint8_t badtag[] = {131, 108, 0, 0, 0, 1, 119, 14, 'n', 'e', 'w', '_', 'a', 't', 'o', 'm',
+                                     '_', 't', 'h', 'r', 'e', 'e', 3};
+    kiln_msg *m = NULL;
+    assert_int_equal(kiln_etf_decode(truncated, sizeof truncated, NULL, &m, NULL), KILN_EBADLENGTH);
+    assert_int_equal(kiln_etf_decode(trailing, sizeof trailing, NULL, &m, NULL), KILN_ETRAILING);
+    assert_int_equal(kiln_etf_decode(badtag, sizeof badtag, NULL, &m, NULL), KILN_EBADTAG);
+    assert_null(m);
+    assert_int_equal(kiln_atom_existing("new_atom_one", 12, &a), KILN_ENOTREG);
+    assert_int_equal(kiln_atom_existing("new_atom_two", 12, &a), KILN_ENOTREG);
+    assert_int_equal(kiln_atom_existing("new_atom_three", 14, &a), KILN_ENOTREG);
+    /* The same atoms in good input are made. */
+    assert_int_equal(kiln_etf_decode(trailing, sizeof trailing - 1, NULL, &m, NULL), KILN_OK);
+    kiln_msg_free(m);
+    assert_int_equal(kiln_atom_existing("new_atom_two", 12, &a), KILN_OK);
+}
+
 /* Last: it fills the atom table. */
 static void test_atom_table_full(void **state)
 {
@@ -360,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_bad_terms),
         cmocka_unit_test(test_compressed_lies),
         cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_bad_input_makes_no_atoms),
         cmocka_unit_test(test_atom_table_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
