@@ -1069,6 +1069,8 @@ static int build(struct dec *d, kiln_term *result)
         dest = slot_of(*slot);
         int rc;
         if (d->fast) {
+            if (d->m->chunks)
+                return FAST_BAIL; /* the guess was short: stop early */
             if (!have(d, 1))
                 return KILN_ETRUNCATED;
             /* The common tags check their lengths below (read_atom checks

@@ -10,6 +10,10 @@
 #include "dist/etf_internal.h"
 #include "runtime/alloc.h"
 
+/* Room for the local node's encoded atom (a 3-byte header and up to 61
+ * bytes of name: longer names take the general path). */
+#define NODE_ENC_MAX 64
+
 /* A piece of output: bytes of our buffer, or a borrowed binary. */
 struct seg {
     const uint8_t *ext; /* NULL: buffer bytes [off, off+len) */
@@ -28,6 +32,10 @@ struct kiln_etf_enc {
     kiln_etf_enc_opts o;
     kiln_term node;
     uint32_t creation;
+    /* The local node's atom as put_atom writes it (node_enc_len 0: not yet
+     * known, or too long): every local pid carries it. */
+    uint8_t node_enc[NODE_ENC_MAX];
+    size_t node_enc_len;
     uint8_t *buf;
     size_t len, cap;
     size_t seg_start; /* start of the buffer bytes not yet in segs */
@@ -88,12 +96,39 @@ static inline void advance(kiln_etf_enc *e, size_t n)
     e->total += n;
 }
 
+/* n <= 16 bytes with two overlapping loads and stores of the widest size
+ * that fits, reading nothing outside src[0..n): a call to memcpy cost more
+ * than the copy for a small binary's few bytes. */
+static inline void copy_small(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(dst, &a, 4);
+        memcpy(dst + n - 4, &b, 4);
+    } else if (n > 0) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    }
+}
+
 static inline int put(kiln_etf_enc *e, const void *bytes, size_t n)
 {
     uint8_t *w = room(e, n);
     if (!w)
         return KILN_ENOMEM;
-    memcpy(w, bytes, n);
+    if (n <= 16)
+        copy_small(w, bytes, n);
+    else
+        memcpy(w, bytes, n);
     advance(e, n);
     return KILN_OK;
 }
@@ -194,7 +229,8 @@ void kiln_etf_enc_reset(kiln_etf_enc *e)
 {
     if (!e)
         return;
-    drop_bins(e, 0);
+    if (e->nbins)
+        drop_bins(e, 0);
     e->len = e->seg_start = e->nsegs = e->total = 0;
 }
 
@@ -223,12 +259,14 @@ size_t kiln_etf_enc_size(const kiln_etf_enc *e) { return e ? e->total : 0; }
 const struct iovec *kiln_etf_enc_iov(kiln_etf_enc *e, size_t *n)
 {
     size_t k = e->nsegs + (e->len > e->seg_start ? 1 : 0);
-    void *p = e->iov;
-    if (grow(&p, &e->iovcap, k ? k : 1, sizeof(struct iovec)) != KILN_OK) {
-        *n = 0;
-        return NULL;
+    if (k >= e->iovcap) {
+        void *p = e->iov;
+        if (grow(&p, &e->iovcap, k ? k : 1, sizeof(struct iovec)) != KILN_OK) {
+            *n = 0;
+            return NULL;
+        }
+        e->iov = p;
     }
-    e->iov = p;
     for (size_t i = 0; i < e->nsegs; i++) {
         const struct seg *s = &e->segs[i];
         e->iov[i].iov_base = (void *)(uintptr_t)(s->ext ? s->ext : e->buf + s->off);
@@ -390,8 +428,32 @@ static int put_float(kiln_etf_enc *e, double f)
 static int put_pid(kiln_etf_enc *e, kiln_term node, uint32_t id, uint32_t serial, uint32_t creation)
 {
     int rc;
-    if ((rc = put1(e, ETF_NEW_PID)) || (rc = put_atom(e, node)))
+    bool ours = node == e->node && !e->o.atom_ref; /* an atom cache may index it instead */
+    if (ours && e->node_enc_len) {
+        /* A list of pids spent half its time writing the node's name. The
+         * copy is of the whole array (a fixed size is a few stores, a
+         * variable one a call); the bytes past the name are overwritten. */
+        size_t k = e->node_enc_len;
+        uint8_t *w = room(e, 1 + NODE_ENC_MAX + 12);
+        if (!w)
+            return KILN_ENOMEM;
+        w[0] = ETF_NEW_PID;
+        memcpy(w + 1, e->node_enc, NODE_ENC_MAX);
+        etf_put32(w + 1 + k, id);
+        etf_put32(w + 5 + k, serial);
+        etf_put32(w + 9 + k, creation);
+        advance(e, 13 + k);
+        return KILN_OK;
+    }
+    if ((rc = put1(e, ETF_NEW_PID)))
         return rc;
+    size_t at = e->len;
+    if ((rc = put_atom(e, node)))
+        return rc;
+    if (ours && e->len - at <= NODE_ENC_MAX && e->len > at) {
+        memcpy(e->node_enc, e->buf + at, e->len - at);
+        e->node_enc_len = e->len - at;
+    }
     uint8_t b[12];
     etf_put32(b, id);
     etf_put32(b + 4, serial);
