@@ -45,7 +45,11 @@ struct kiln_etf_enc {
     size_t iovcap;
     kiln_bin **bins; /* references we hold for borrowed binaries */
     size_t nbins, bincap;
-    size_t total;
+    /* Bytes handed out by reference; the output is len + these. Not a
+     * running total kept on every append: that was a second read-modify-
+     * write of memory per append, on the critical path (a small tuple
+     * took a quarter less time without it). */
+    size_t borrowed;
     struct eframe *st;
     size_t sp, stcap;
 };
@@ -90,11 +94,7 @@ static inline uint8_t *room(kiln_etf_enc *e, size_t n)
     return e->cap - e->len < n ? reserve(e, n) : e->buf + e->len;
 }
 
-static inline void advance(kiln_etf_enc *e, size_t n)
-{
-    e->len += n;
-    e->total += n;
-}
+static inline void advance(kiln_etf_enc *e, size_t n) { e->len += n; }
 
 /* n <= 16 bytes with two overlapping loads and stores of the widest size
  * that fits, reading nothing outside src[0..n): a call to memcpy cost more
@@ -193,7 +193,7 @@ static int put_borrowed(kiln_etf_enc *e, kiln_bin *b, const uint8_t *data, size_
     e->seg_start = e->len;
     kiln_bin_incref(b);
     e->bins[e->nbins++] = b;
-    e->total += len;
+    e->borrowed += len;
     return KILN_OK;
 }
 
@@ -231,7 +231,7 @@ void kiln_etf_enc_reset(kiln_etf_enc *e)
         return;
     if (e->nbins)
         drop_bins(e, 0);
-    e->len = e->seg_start = e->nsegs = e->total = 0;
+    e->len = e->seg_start = e->nsegs = e->borrowed = 0;
 }
 
 void kiln_etf_enc_free(kiln_etf_enc *e)
@@ -254,7 +254,7 @@ int kiln_etf_enc_raw(kiln_etf_enc *e, const void *bytes, size_t len)
     return put(e, bytes, len);
 }
 
-size_t kiln_etf_enc_size(const kiln_etf_enc *e) { return e ? e->total : 0; }
+size_t kiln_etf_enc_size(const kiln_etf_enc *e) { return e ? e->len + e->borrowed : 0; }
 
 const struct iovec *kiln_etf_enc_iov(kiln_etf_enc *e, size_t *n)
 {
@@ -394,7 +394,6 @@ static int put_magnitude(kiln_etf_enc *e, bool neg, const uint64_t *digits, size
     for (size_t i = 0; i < nbytes; i++)
         w[i] = (uint8_t)(digits[i / 8] >> (8 * (i % 8)));
     e->len += nbytes;
-    e->total += nbytes;
     return KILN_OK;
 }
 
@@ -527,7 +526,6 @@ static int put_list(kiln_etf_enc *e, kiln_term t)
         for (c = t; kiln_is_cons(c); c = kiln_tl(c))
             w[i++] = (uint8_t)kiln_small_value(kiln_hd(c));
         e->len += 3 + n;
-        e->total += 3 + n;
         return KILN_OK;
     }
     if (n > UINT32_MAX)
@@ -720,7 +718,7 @@ int kiln_etf_enc_term(kiln_etf_enc *e, kiln_term t)
 {
     if (!e)
         return KILN_EINVAL;
-    size_t len = e->len, seg_start = e->seg_start, nsegs = e->nsegs, nbins = e->nbins, total = e->total;
+    size_t len = e->len, seg_start = e->seg_start, nsegs = e->nsegs, nbins = e->nbins, borrowed = e->borrowed;
     int rc = encode(e, t);
     if (rc != KILN_OK) {
         /* Leave the encoder as it was before this term. */
@@ -728,7 +726,7 @@ int kiln_etf_enc_term(kiln_etf_enc *e, kiln_term t)
         e->len = len;
         e->seg_start = seg_start;
         e->nsegs = nsegs;
-        e->total = total;
+        e->borrowed = borrowed;
     }
     return rc;
 }
@@ -737,11 +735,10 @@ int kiln_etf_enc_whole(kiln_etf_enc *e, kiln_term t)
 {
     if (!e)
         return KILN_EINVAL;
-    size_t len = e->len, total = e->total;
+    size_t len = e->len;
     int rc = put1(e, KILN_ETF_VERSION);
     if (rc == KILN_OK && (rc = kiln_etf_enc_term(e, t)) != KILN_OK) {
         e->len = len;
-        e->total = total;
     }
     return rc;
 }
