@@ -797,6 +797,10 @@ out:
 
 static kiln_term *take(struct dec *d, size_t n)
 {
+    /* The fast mode's guess is short: give up at once (the caller starts
+     * over with two passes) rather than build on and throw it away. */
+    if (d->fast && (size_t)(d->m->end - d->m->cur) < n)
+        return NULL;
     /* Pass 1 reserved the room, so this is a bump. */
     return kiln_arena_alloc(d->m, n);
 }
@@ -831,6 +835,36 @@ static kiln_term build_float(struct dec *d, double f)
     return (kiln_term)(uintptr_t)hp;
 }
 
+/* In the fast mode: tags whose case in build checks its own lengths,
+ * as pass 1 would (the common ones: a second dispatch through scan_one
+ * for each of them cost more than the checks). */
+static bool checks_itself(uint8_t tag)
+{
+    switch (tag) {
+    case ETF_SMALL_INTEGER:
+    case ETF_INTEGER:
+    case ETF_ATOM:
+    case ETF_SMALL_ATOM:
+    case ETF_ATOM_UTF8:
+    case ETF_SMALL_ATOM_UTF8:
+    case ETF_ATOM_CACHE_REF:
+    case ETF_NIL:
+    case ETF_SMALL_TUPLE:
+    case ETF_LARGE_TUPLE:
+    case ETF_MAP:
+    case ETF_STRING:
+    case ETF_LIST:
+    case ETF_BINARY:
+    case ETF_NEW_PID:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The fast mode's "fewer than n bytes left"; pass 1 checked it otherwise. */
+static bool short_of(const struct dec *d, size_t n) { return d->fast && !have(d, n); }
+
 static int build_node_thing(struct dec *d, uint8_t tag, kiln_term *out)
 {
     struct atom_txt a;
@@ -853,6 +887,8 @@ static int build_node_thing(struct dec *d, uint8_t tag, kiln_term *out)
     }
     if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &node)) != KILN_OK)
         return rc;
+    if (tag == ETF_NEW_PID && short_of(d, 12)) /* the one checks_itself takes */
+        return KILN_ETRUNCATED;
     const uint8_t *q = d->p + d->pos;
     switch (tag) {
     case ETF_NEW_PID:
@@ -1012,35 +1048,6 @@ static int build_fun(struct dec *d, size_t n, kiln_term *out)
     kiln_free(buf);
     return rc;
 }
-
-/* In the fast mode: tags whose case in build checks its own lengths,
- * as pass 1 would (the common ones: a second dispatch through scan_one
- * for each of them cost more than the checks). */
-static bool checks_itself(uint8_t tag)
-{
-    switch (tag) {
-    case ETF_SMALL_INTEGER:
-    case ETF_INTEGER:
-    case ETF_ATOM:
-    case ETF_SMALL_ATOM:
-    case ETF_ATOM_UTF8:
-    case ETF_SMALL_ATOM_UTF8:
-    case ETF_ATOM_CACHE_REF:
-    case ETF_NIL:
-    case ETF_SMALL_TUPLE:
-    case ETF_LARGE_TUPLE:
-    case ETF_MAP:
-    case ETF_STRING:
-    case ETF_LIST:
-    case ETF_BINARY:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* The fast mode's "fewer than n bytes left"; pass 1 checked it otherwise. */
-static bool short_of(const struct dec *d, size_t n) { return d->fast && !have(d, n); }
 
 /* Remembers a map to sort once its keys are built. */
 static int note_map(struct dec *d, kiln_term map)
