@@ -3,9 +3,15 @@
  *
  * Decoding validates the whole input first (every length bounded by the
  * bytes left, nesting capped, atoms checked) and computes the exact number
- * of arena words the term needs, then builds it in one allocation. Neither
- * pass recurses on the C stack, so hostile depth or million-element lists
- * cost heap, never stack.
+ * of arena words the term needs, then builds it in one allocation. Inputs
+ * under 16 KiB that cannot nest past the depth cap are decoded in one pass
+ * instead, into one allocation sized by a guess of a quarter word per byte;
+ * a term that does not fit it, a fun, an atom not yet in the table or any
+ * error sends the input through the two passes, so errors are the same and
+ * bad input never creates atoms. Neither mode recurses on the C stack, so
+ * hostile depth or million-element lists cost heap, never stack, and no
+ * length field can make the decoder allocate more than a small multiple of
+ * the input.
  *
  * Encoding appends to a reusable encoder: a growable byte buffer plus an
  * iovec list in which large refcounted binaries are referenced, not copied.
