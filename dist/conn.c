@@ -211,8 +211,13 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
             }
             off += 4 + (size_t)len;
         }
-        memmove(buf, buf + off, have - off);
-        have -= off;
+        /* Only when frames were taken: a large frame arriving in pieces
+         * would otherwise be moved onto itself after every read (glibc
+         * copies even then), quadratic in its size. */
+        if (off) {
+            memmove(buf, buf + off, have - off);
+            have -= off;
+        }
         /* Room for the frame under way (its length is bounded above), and
          * never less than a chunk to read into. */
         size_t want = need > READ_CHUNK ? need : READ_CHUNK;

@@ -10,6 +10,7 @@
  * under it (atom_cache_out.h). */
 #include <string.h>
 
+#include "dist/etf_internal.h"
 #include "dist/node_internal.h"
 #include "runtime/alloc.h"
 #include "runtime/dist_hooks.h"
@@ -41,6 +42,61 @@ static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_ref
     return b;
 }
 
+/* The message term as pieces (struct kiln_frames). */
+static int encode_pieces(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, kiln_frames *f)
+{
+    kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
+    if (refs) {
+        o.atom_ref = kiln_out_refs_hook;
+        o.atom_ref_arg = refs;
+    }
+    kiln_etf_enc *e = kiln_etf_enc_new(&o);
+    if (!e)
+        return KILN_ENOMEM;
+    int rc = whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t);
+    size_t np = 0, own = 0;
+    struct etf_piece one, *pc = &one;
+    if (rc == KILN_OK) {
+        f->mlen = kiln_etf_enc_size(e);
+        np = etf_enc_pieces(e, &one, 1);
+        if (f->mlen > KILN_DIST_MAX_FRAME)
+            rc = KILN_ENOMEM;
+        else if (np > 1 && !(pc = kiln_malloc(np * sizeof *pc)))
+            rc = KILN_ENOMEM;
+        else if (np > 1)
+            etf_enc_pieces(e, pc, np);
+    }
+    if (rc == KILN_OK && !(f->mp = kiln_calloc(np ? np : 1, sizeof *f->mp)))
+        rc = KILN_ENOMEM;
+    kiln_bin *b = NULL;
+    if (rc == KILN_OK) {
+        for (size_t i = 0; i < np; i++)
+            own += pc[i].blob ? 0 : pc[i].len;
+        if (!(b = kiln_bin_alloc(own ? own : 1)))
+            rc = KILN_ENOMEM;
+    }
+    if (rc == KILN_OK) {
+        size_t at = 0;
+        for (size_t i = 0; i < np; i++) {
+            struct kiln_piece *q = &f->mp[f->nmp++];
+            if (pc[i].blob) {
+                kiln_bin_incref(pc[i].blob);
+                *q = (struct kiln_piece){pc[i].blob, (size_t)(pc[i].data - kiln_bin_data(pc[i].blob)), pc[i].len};
+            } else {
+                memcpy(kiln_bin_data(b) + at, pc[i].data, pc[i].len);
+                kiln_bin_incref(b);
+                *q = (struct kiln_piece){b, at, pc[i].len};
+                at += pc[i].len;
+            }
+        }
+        kiln_bin_decref(b); /* the pieces hold it */
+    }
+    if (pc != &one)
+        kiln_free(pc);
+    kiln_etf_enc_free(e);
+    return rc;
+}
+
 static void put32(uint8_t *d, uint64_t v)
 {
     d[0] = (uint8_t)(v >> 24);
@@ -55,15 +111,60 @@ static void put64(uint8_t *d, uint64_t v)
     put32(d + 4, v);
 }
 
-/* One frame: head bytes (copied) then [off, off+len) of body (shared), as
- * an iolist the writer hands to the kernel without copying the body. */
-static kiln_msg *frame_msg(const uint8_t *head, size_t hlen, kiln_bin *body, size_t off, size_t len)
+/* Body pieces a frame may reference; a slice over more is copied into one
+ * blob instead (the writer wants few iovecs per frame, conn.c). */
+#define FRAME_PIECES 3
+
+/* One frame: head bytes (copied) then bytes [off, off+len) of the message
+ * (shared), as an iolist the writer hands to the kernel without copying
+ * the message. */
+static kiln_msg *frame_msg(const uint8_t *head, size_t hlen, const kiln_frames *f, size_t off, size_t len)
 {
-    kiln_msg *m = kiln_msg_new(hlen + 64);
+    kiln_msg *m = kiln_msg_new(hlen + 64 + FRAME_PIECES * 64);
     if (!m)
         return NULL;
-    kiln_term h = kiln_binary(m, head, hlen);
-    kiln_term t = body && len ? kiln_list(m, 2, h, kiln_binary_from_bin(m, body, off, len)) : kiln_list(m, 1, h);
+    kiln_term parts[1 + FRAME_PIECES];
+    size_t k = 0;
+    parts[k++] = kiln_binary(m, head, hlen);
+    /* The pieces under [off, off+len). */
+    size_t first = 0, at = 0;
+    while (first < f->nmp && at + f->mp[first].len <= off)
+        at += f->mp[first++].len;
+    size_t last = first, end = at;
+    while (last < f->nmp && end < off + len)
+        end += f->mp[last++].len;
+    if (len && last - first <= FRAME_PIECES) {
+        size_t pos = at;
+        for (size_t i = first; i < last; i++) {
+            const struct kiln_piece *q = &f->mp[i];
+            size_t lo = off > pos ? off - pos : 0, hi = off + len < pos + q->len ? off + len - pos : q->len;
+            if (hi > lo)
+                parts[k++] = kiln_binary_from_bin(m, q->bin, q->off + lo, hi - lo);
+            pos += q->len;
+        }
+    } else if (len) {
+        kiln_bin *b = kiln_bin_alloc(len);
+        if (b) {
+            size_t pos = at, w = 0;
+            for (size_t i = first; i < last; i++) {
+                const struct kiln_piece *q = &f->mp[i];
+                size_t lo = off > pos ? off - pos : 0, hi = off + len < pos + q->len ? off + len - pos : q->len;
+                memcpy(kiln_bin_data(b) + w, kiln_bin_data(q->bin) + q->off + lo, hi - lo);
+                w += hi - lo;
+                pos += q->len;
+            }
+            parts[k++] = kiln_binary_from_bin(m, b, 0, len);
+            kiln_bin_decref(b);
+        } else {
+            parts[k++] = KILN_NONE;
+        }
+    }
+    kiln_term t = KILN_NONE;
+    bool ok = true;
+    for (size_t i = 0; i < k; i++)
+        ok = ok && !kiln_is_none(parts[i]);
+    if (ok)
+        t = kiln_list_v(m, k, parts, KILN_NIL);
     if (kiln_is_none(t)) {
         kiln_msg_free(m);
         return NULL;
@@ -86,8 +187,9 @@ void kiln_frames_discard(kiln_frames *f)
 {
     if (f->cb)
         kiln_bin_decref(f->cb);
-    if (f->mb)
-        kiln_bin_decref(f->mb);
+    for (size_t i = 0; i < f->nmp; i++)
+        kiln_bin_decref(f->mp[i].bin);
+    kiln_free(f->mp);
     kiln_free(f->refs);
     memset(f, 0, sizeof(*f));
 }
@@ -103,8 +205,7 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
         kiln_out_refs_init(f->refs);
     }
     f->cb = encode_term(n, ctrl, !header, f->refs, &f->clen);
-    f->mb = kiln_is_none(msg) ? NULL : encode_term(n, msg, !header, f->refs, &f->mlen);
-    if (!f->cb || (!kiln_is_none(msg) && !f->mb)) {
+    if (!f->cb || (!kiln_is_none(msg) && encode_pieces(n, msg, !header, f->refs, f) != KILN_OK)) {
         kiln_frames_discard(f);
         return KILN_ENOMEM;
     }
@@ -126,7 +227,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
     uint64_t flags = f->flags;
     bool header = (flags & (KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_FRAGMENTS)) != 0;
     size_t clen = f->clen, mlen = f->mlen, maxrefs = f->refs ? f->refs->max_header : 1;
-    kiln_bin *cb = f->cb, *mb = f->mb;
+    kiln_bin *cb = f->cb;
     kiln_msg *head = NULL, *tail = NULL;
     size_t frag = n->frag_size;
     if (f->refs && !cache)
@@ -149,7 +250,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
         }
         put32(hb, hl + clen + mlen);
         memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
-        kiln_msg *m = frame_msg(hb, 4 + hl + clen, mb, 0, mlen);
+        kiln_msg *m = frame_msg(hb, 4 + hl + clen, f, 0, mlen);
         if (hb != h)
             kiln_free(hb);
         if (m)
@@ -173,7 +274,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
     size_t hl = 18 + put_refs(f, cache, hb + 22);
     put32(hb, hl + clen + sl);
     memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
-    kiln_msg *m = frame_msg(hb, 4 + hl + clen, mb, 0, sl);
+    kiln_msg *m = frame_msg(hb, 4 + hl + clen, f, 0, sl);
     kiln_free(hb);
     if (!m)
         goto out;
@@ -186,7 +287,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
         c[5] = 70;
         put64(c + 6, seq);
         put64(c + 14, id);
-        m = frame_msg(c, sizeof c, mb, off, sl);
+        m = frame_msg(c, sizeof c, f, off, sl);
         if (!m) {
             /* A sequence cut short must not go out at all. */
             while (head) {

@@ -280,6 +280,25 @@ const struct iovec *kiln_etf_enc_iov(kiln_etf_enc *e, size_t *n)
     return e->iov;
 }
 
+size_t etf_enc_pieces(const kiln_etf_enc *e, struct etf_piece *out, size_t max)
+{
+    size_t k = 0, b = 0; /* borrowed segments took bins[] in order */
+    for (size_t i = 0; i < e->nsegs; i++, k++) {
+        const struct seg *s = &e->segs[i];
+        if (k < max)
+            out[k] = s->ext ? (struct etf_piece){s->ext, s->len, e->bins[b]}
+                            : (struct etf_piece){e->buf + s->off, s->len, NULL};
+        if (s->ext)
+            b++;
+    }
+    if (e->len > e->seg_start) {
+        if (k < max)
+            out[k] = (struct etf_piece){e->buf + e->seg_start, e->len - e->seg_start, NULL};
+        k++;
+    }
+    return k;
+}
+
 void kiln_etf_enc_copy(const kiln_etf_enc *e, void *dst)
 {
     uint8_t *w = dst;

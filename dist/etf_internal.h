@@ -84,6 +84,16 @@ size_t etf_fun_words(size_t len);
 /* The arena words the decoder's one-pass mode gives an input of len
  * bytes (the term must fit them, or it is decoded in two passes). */
 size_t etf_fast_words(size_t len);
+/* The encoder's output in order, as pieces: a borrowed binary names the
+ * blob its bytes lie in (no reference taken: the encoder holds one until
+ * reset), a piece of the encoder's own buffer has blob NULL. Returns the
+ * number of pieces, of which at most max are written to out. */
+struct etf_piece {
+    const uint8_t *data;
+    size_t len;
+    kiln_bin *blob;
+};
+size_t etf_enc_pieces(const kiln_etf_enc *e, struct etf_piece *out, size_t max);
 /* If t is a refcounted bitstring: its blob (not yet incref'd). */
 kiln_bin *etf_bits_blob(kiln_term t);
 

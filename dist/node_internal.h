@@ -129,11 +129,21 @@ void kiln_conn_acceptor_main(void *arg);
 /* ---- ctrl_out.c: control messages to peers ---- */
 extern const struct kiln_dist_ops kiln_node_dist_ops;
 /* Ctrl [+ Msg] encoded for flags, not framed yet. */
+/* A run of bytes in a blob we hold a reference on. */
+struct kiln_piece {
+    kiln_bin *bin;
+    size_t off, len;
+};
 typedef struct kiln_frames {
     uint64_t flags;
-    kiln_bin *cb, *mb;      /* the terms' bytes */
+    kiln_bin *cb;             /* the control term's bytes */
     size_t clen, mlen;
-    kiln_out_refs *refs;    /* their atoms, with DIST_HDR_ATOM_CACHE */
+    /* The message's bytes: the encoder's own output copied into one blob,
+     * between the large binaries it holds, which are referenced, so a
+     * 1 MB binary goes to the socket from where it already was. */
+    struct kiln_piece *mp;
+    size_t nmp;
+    kiln_out_refs *refs;      /* their atoms, with DIST_HDR_ATOM_CACHE */
 } kiln_frames;
 /* Encoding, with no lock: KILN_OK or KILN_ENOMEM (nothing to discard). */
 int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f);

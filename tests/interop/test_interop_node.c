@@ -566,6 +566,16 @@ static void test_many_and_big(void **state)
              "Got =:= lists:seq(1, N).",
              g_kiln);
     eval_expect(e, expr, "true");
+    /* Hundreds of 5000-byte binaries in one message: Kiln's frames
+     * reference binaries of 4 KiB and more where they lie, and a fragment
+     * spanning more than a few of them is copied instead; both must come
+     * back exact. */
+    snprintf(expr, sizeof expr,
+             "L = [binary:copy(<<I>>, 5000) || I <- lists:seq(1, 300)], "
+             "M = {many, L, binary:copy(<<7>>, 300000), L}, {echo, '%s'} ! {self(), M}, "
+             "receive {_, R2} -> R2 =:= M after 30000 -> timeout end.",
+             g_kiln);
+    eval_expect_within(e, expr, "true", 35000);
     /* A 100 MB binary, to Kiln and back. */
     snprintf(expr, sizeof expr,
              "B = binary:copy(<<\"0123456789\">>, 10000000), {echo, '%s'} ! {self(), B}, "
