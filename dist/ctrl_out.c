@@ -21,9 +21,9 @@ enum dop {
     DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_ALIAS_SEND = 33, DOP_UNLINK_ID = 35
 };
 
-/* Bytes of one term, bare (inside a header) or whole (with its 131);
- * with refs, its atoms go into them as cache refs. */
-static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, size_t *len)
+/* An encoder holding one term, bare (inside a header) or whole (with its
+ * 131); with refs, its atoms go into them as cache refs. NULL on failure. */
+static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
     if (refs) {
@@ -31,11 +31,21 @@ static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_ref
         o.atom_ref_arg = refs;
     }
     kiln_etf_enc *e = kiln_etf_enc_new(&o);
+    if (e && (whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t)) != KILN_OK) {
+        kiln_etf_enc_free(e);
+        e = NULL;
+    }
+    return e;
+}
+
+/* The control term's bytes, in one blob. */
+static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, size_t *len)
+{
+    kiln_etf_enc *e = encode(n, t, whole, refs);
     if (!e)
         return NULL;
-    int rc = whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t);
     *len = kiln_etf_enc_size(e);
-    kiln_bin *b = rc == KILN_OK && *len <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(*len ? *len : 1) : NULL;
+    kiln_bin *b = *len <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(*len ? *len : 1) : NULL;
     if (b)
         kiln_etf_enc_copy(e, kiln_bin_data(b));
     kiln_etf_enc_free(e);
@@ -45,27 +55,20 @@ static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_ref
 /* The message term as pieces (struct kiln_frames). */
 static int encode_pieces(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, kiln_frames *f)
 {
-    kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
-    if (refs) {
-        o.atom_ref = kiln_out_refs_hook;
-        o.atom_ref_arg = refs;
-    }
-    kiln_etf_enc *e = kiln_etf_enc_new(&o);
+    kiln_etf_enc *e = encode(n, t, whole, refs);
     if (!e)
         return KILN_ENOMEM;
-    int rc = whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t);
-    size_t np = 0, own = 0;
+    int rc = KILN_OK;
+    size_t own = 0;
     struct etf_piece one, *pc = &one;
-    if (rc == KILN_OK) {
-        f->mlen = kiln_etf_enc_size(e);
-        np = etf_enc_pieces(e, &one, 1);
-        if (f->mlen > KILN_DIST_MAX_FRAME)
-            rc = KILN_ENOMEM;
-        else if (np > 1 && !(pc = kiln_malloc(np * sizeof *pc)))
-            rc = KILN_ENOMEM;
-        else if (np > 1)
-            etf_enc_pieces(e, pc, np);
-    }
+    f->mlen = kiln_etf_enc_size(e);
+    size_t np = etf_enc_pieces(e, &one, 1);
+    if (f->mlen > KILN_DIST_MAX_FRAME)
+        rc = KILN_ENOMEM;
+    else if (np > 1 && !(pc = kiln_malloc(np * sizeof *pc)))
+        rc = KILN_ENOMEM;
+    else if (np > 1)
+        etf_enc_pieces(e, pc, np);
     if (rc == KILN_OK && !(f->mp = kiln_calloc(np ? np : 1, sizeof *f->mp)))
         rc = KILN_ENOMEM;
     kiln_bin *b = NULL;
