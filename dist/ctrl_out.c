@@ -8,6 +8,7 @@
  * fragments. Only the header depends on the connection's atom cache, so
  * the terms are encoded without the node lock and the header is written
  * under it (atom_cache_out.h). */
+#include <pthread.h>
 #include <string.h>
 
 #include "dist/etf_internal.h"
@@ -21,8 +22,25 @@ enum dop {
     DOP_DEMONITOR_P = 20, DOP_MONITOR_P_EXIT = 21, DOP_ALIAS_SEND = 33, DOP_UNLINK_ID = 35
 };
 
-/* An encoder holding one term, bare (inside a header) or whole (with its
- * 131); with refs, its atoms go into them as cache refs. NULL on failure. */
+/* Each thread's encoder, reused for every term it sends: a new one per
+ * term cost an allocation for the encoder and a few more while its buffer
+ * grew, for every control term and message. Freed when the thread ends. */
+static _Thread_local kiln_etf_enc *tl_enc;
+#define ENC_KEEP (64 << 10) /* buffer bytes it keeps between terms */
+static pthread_key_t tl_enc_key;
+static pthread_once_t tl_enc_once = PTHREAD_ONCE_INIT;
+
+static void tl_enc_free(void *e)
+{
+    kiln_etf_enc_free(e);
+    tl_enc = NULL;
+}
+
+static void tl_enc_key_init(void) { (void)pthread_key_create(&tl_enc_key, tl_enc_free); }
+
+/* This thread's encoder holding one term, bare (inside a header) or whole
+ * (with its 131); with refs, its atoms go into them as cache refs. NULL on
+ * failure. The caller takes what it needs before the next encode. */
 static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
@@ -30,11 +48,21 @@ static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs
         o.atom_ref = kiln_out_refs_hook;
         o.atom_ref_arg = refs;
     }
-    kiln_etf_enc *e = kiln_etf_enc_new(&o);
-    if (e && (whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t)) != KILN_OK) {
-        kiln_etf_enc_free(e);
-        e = NULL;
+    kiln_etf_enc *e = tl_enc;
+    if (!e) {
+        pthread_once(&tl_enc_once, tl_enc_key_init);
+        if (!(e = kiln_etf_enc_new(&o)))
+            return NULL;
+        if (pthread_setspecific(tl_enc_key, e) != 0) {
+            kiln_etf_enc_free(e);
+            return NULL;
+        }
+        tl_enc = e;
+    } else if (!etf_enc_reuse(e, &o)) {
+        return NULL;
     }
+    if ((whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t)) != KILN_OK)
+        return NULL;
     return e;
 }
 
@@ -48,7 +76,7 @@ static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_ref
     kiln_bin *b = *len <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(*len ? *len : 1) : NULL;
     if (b)
         kiln_etf_enc_copy(e, kiln_bin_data(b));
-    kiln_etf_enc_free(e);
+    etf_enc_trim(e, ENC_KEEP);
     return b;
 }
 
@@ -96,7 +124,7 @@ static int encode_pieces(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *r
     }
     if (pc != &one)
         kiln_free(pc);
-    kiln_etf_enc_free(e);
+    etf_enc_trim(e, ENC_KEEP); /* the pieces hold their own references */
     return rc;
 }
 

@@ -197,14 +197,15 @@ static int put_borrowed(kiln_etf_enc *e, kiln_bin *b, const uint8_t *data, size_
     return KILN_OK;
 }
 
-kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
+/* Options into e; false if the local node atom cannot be made. */
+static bool set_opts(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
 {
-    kiln_etf_enc *e = kiln_calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
+    kiln_term node0 = e->node;
+    int minor0 = e->o.minor_version;
     if (opts) {
         e->o = *opts;
     } else {
+        e->o = (kiln_etf_enc_opts){0};
         e->o.minor_version = 1;
     }
     if (!e->o.iov_threshold)
@@ -212,11 +213,57 @@ kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
     e->node = etf_ctx_node(e->o.ctx);
     e->creation = etf_ctx_creation(e->o.ctx);
     e->o.ctx = NULL; /* copied out: the caller's struct need not outlive us */
-    if (e->node == KILN_NONE) {
+    if (e->node != node0 || e->o.minor_version != minor0)
+        e->node_enc_len = 0; /* the node's name is spelled differently now */
+    return e->node != KILN_NONE;
+}
+
+kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
+{
+    kiln_etf_enc *e = kiln_calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    if (!set_opts(e, opts)) {
         kiln_free(e);
         return NULL;
     }
     return e;
+}
+
+bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
+{
+    kiln_etf_enc_reset(e);
+    return set_opts(e, opts);
+}
+
+void etf_enc_trim(kiln_etf_enc *e, size_t keep)
+{
+    kiln_etf_enc_reset(e);
+    if (e->cap > keep) {
+        kiln_free(e->buf);
+        e->buf = NULL;
+        e->cap = 0;
+    }
+    if (e->segcap * sizeof(struct seg) > keep) {
+        kiln_free(e->segs);
+        e->segs = NULL;
+        e->segcap = 0;
+    }
+    if (e->iovcap * sizeof(struct iovec) > keep) {
+        kiln_free(e->iov);
+        e->iov = NULL;
+        e->iovcap = 0;
+    }
+    if (e->bincap * sizeof(kiln_bin *) > keep) {
+        kiln_free(e->bins);
+        e->bins = NULL;
+        e->bincap = 0;
+    }
+    if (e->stcap * sizeof(struct eframe) > keep) {
+        kiln_free(e->st);
+        e->st = NULL;
+        e->stcap = 0;
+    }
 }
 
 static void drop_bins(kiln_etf_enc *e, size_t keep)

@@ -84,6 +84,13 @@ size_t etf_fun_words(size_t len);
 /* The arena words the decoder's one-pass mode gives an input of len
  * bytes (the term must fit them, or it is decoded in two passes). */
 size_t etf_fast_words(size_t len);
+/* Empties e (as kiln_etf_enc_reset) and gives it new options, keeping its
+ * buffers: one encoder can serve every message a thread sends. false: the
+ * local node atom could not be made (e is then unusable until reused). */
+bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts);
+/* Empties e and frees any of its buffers larger than keep bytes (a kept
+ * encoder should not hold on to the memory of its largest term). */
+void etf_enc_trim(kiln_etf_enc *e, size_t keep);
 /* The encoder's output in order, as pieces: a borrowed binary names the
  * blob its bytes lie in (no reference taken: the encoder holds one until
  * reset), a piece of the encoder's own buffer has blob NULL. Returns the
