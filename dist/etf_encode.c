@@ -36,6 +36,9 @@ struct kiln_etf_enc {
      * known, or too long): every local pid carries it. */
     uint8_t node_enc[NODE_ENC_MAX];
     size_t node_enc_len;
+    kiln_term last_atom; /* put_atom's memo (0: none) */
+    uint8_t last_enc[16];
+    size_t last_len;
     uint8_t *buf;
     size_t len, cap;
     size_t seg_start; /* start of the buffer bytes not yet in segs */
@@ -215,6 +218,7 @@ static bool set_opts(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
     e->o.ctx = NULL; /* copied out: the caller's struct need not outlive us */
     if (e->node != node0 || e->o.minor_version != minor0)
         e->node_enc_len = 0; /* the node's name is spelled differently now */
+    e->last_atom = 0;         /* and the options may spell atoms differently */
     return e->node != KILN_NONE;
 }
 
@@ -379,7 +383,7 @@ static bool to_latin1(const char *s, size_t n, uint8_t *out, size_t *outn)
     return true;
 }
 
-static int put_atom(kiln_etf_enc *e, kiln_term a)
+static int put_atom_text(kiln_etf_enc *e, kiln_term a)
 {
     if (e->o.atom_ref) {
         int idx = e->o.atom_ref(e->o.atom_ref_arg, a);
@@ -426,6 +430,30 @@ static int put_atom(kiln_etf_enc *e, kiln_term a)
         rc = put(e, h, 3);
     }
     return rc ? rc : put(e, s, n);
+}
+
+/* The last atom written, kept encoded: terms repeat an atom from one to
+ * the next (ok, a record tag), and a hit is one fixed-size copy instead of
+ * a table look-up and a scan of the text. Not with an atom cache, whose
+ * hook decides afresh each time. */
+static int put_atom(kiln_etf_enc *e, kiln_term a)
+{
+    if (a == e->last_atom && !e->o.atom_ref) {
+        uint8_t *w = room(e, sizeof e->last_enc);
+        if (!w)
+            return KILN_ENOMEM;
+        memcpy(w, e->last_enc, sizeof e->last_enc);
+        advance(e, e->last_len);
+        return KILN_OK;
+    }
+    size_t at = e->len;
+    int rc = put_atom_text(e, a);
+    if (rc == KILN_OK && !e->o.atom_ref && e->len - at <= sizeof e->last_enc) {
+        memcpy(e->last_enc, e->buf + at, e->len - at);
+        e->last_len = e->len - at;
+        e->last_atom = a;
+    }
+    return rc;
 }
 
 static int put_magnitude(kiln_etf_enc *e, bool neg, const uint64_t *digits, size_t nd)
