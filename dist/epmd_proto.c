@@ -69,8 +69,13 @@ static long utf8_chars(const uint8_t *p, size_t n)
 
 int kiln_epmd_check_name(const uint8_t *name, size_t len)
 {
-    if (!name || len == 0 || len > KILN_EPMD_MAX_NAME || memchr(name, 0, len))
+    if (!name || len == 0 || len > KILN_EPMD_MAX_NAME)
         return KILN_EBADNODE;
+    /* No control characters (NUL included): the NAMES reply is a line per
+     * node, and a newline in one name breaks it for every client. */
+    for (size_t i = 0; i < len; i++)
+        if (name[i] < 0x20 || name[i] == 0x7f)
+            return KILN_EBADNODE;
     long chars = utf8_chars(name, len);
     if (chars < 0)
         return KILN_EBADUTF8;

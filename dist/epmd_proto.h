@@ -81,8 +81,9 @@ typedef struct kiln_epmd_req {
 
 /* ---- checks ---- */
 
-/* A node name epmd accepts: 1..255 UTF-8 characters, no NUL, at most
- * KILN_EPMD_MAX_NAME bytes. KILN_OK, KILN_EBADUTF8 or KILN_EBADNODE. */
+/* A node name epmd accepts: 1..255 UTF-8 characters, no control
+ * characters (NUL, newline, ...), at most KILN_EPMD_MAX_NAME bytes.
+ * KILN_OK, KILN_EBADUTF8 or KILN_EBADNODE. */
 int kiln_epmd_check_name(const uint8_t *name, size_t len);
 
 /* ---- requests (client -> EPMD) ---- */

@@ -542,6 +542,40 @@ static void test_server_refusals(void **state)
     kiln_epmd_server_free(s);
 }
 
+/* NAMES answers one line per node, so a newline in a name would break the
+ * reply for every client (the handshake fuzzer found it): names with
+ * control characters are refused like any other bad name. */
+static void test_server_refuses_control_characters(void **state)
+{
+    (void)state;
+    assert_int_equal(kiln_epmd_check_name(U8("a\nb"), 3), KILN_EBADNODE);
+    assert_int_equal(kiln_epmd_check_name(U8("a\x7f"), 2), KILN_EBADNODE);
+    assert_int_equal(kiln_epmd_check_name(U8("\tab"), 3), KILN_EBADNODE);
+    assert_int_equal(kiln_epmd_check_name(U8("k\xc3\xa4se"), 5), KILN_OK); /* UTF-8 stays */
+    kiln_epmd_server *s = server(false);
+    kiln_epmd_buf out = {0};
+    kiln_epmd_reply rep;
+    /* ALIVE2 for "a\nb" on port 4242, written by hand: the encoder refuses it. */
+    static const uint8_t raw[] = {0, 16, 'x', 0x10, 0x92, 'M', 0, 0, 6, 0, 5, 0, 3, 'a', '\n', 'b', 0, 0};
+    assert_int_not_equal(feed(s, 1, true, raw, sizeof raw, &out, &rep), KILN_OK);
+    assert_int_equal(out.len, 0);
+    assert_int_equal(kiln_epmd_server_count(s), 0);
+    /* Every NAMES reply still parses line by line. */
+    assert_int_equal(alive2(s, 2, "good", 1111, 6, &out, &rep), KILN_OK);
+    assert_int_equal(feed(s, 9, true, BYTES(0, 1, 110), &out, &rep), KILN_OK);
+    kiln_epmd_names_iter it;
+    uint32_t eport;
+    const uint8_t *name;
+    size_t nl;
+    uint16_t port;
+    assert_int_equal(kiln_epmd_names_begin(&it, out.data, out.len, &eport), KILN_OK);
+    assert_int_equal(kiln_epmd_names_next(&it, &name, &nl, &port), KILN_OK);
+    assert_bytes(name, nl, U8("good"), 4);
+    assert_int_equal(kiln_epmd_names_next(&it, &name, &nl, &port), KILN_EPMD_END);
+    kiln_epmd_buf_free(&out);
+    kiln_epmd_server_free(s);
+}
+
 static void test_server_relaxed_stop(void **state)
 {
     (void)state;
@@ -612,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_server_creations),
         cmocka_unit_test(test_server_names_dump),
         cmocka_unit_test(test_server_refusals),
+        cmocka_unit_test(test_server_refuses_control_characters),
         cmocka_unit_test(test_server_relaxed_stop),
         cmocka_unit_test(test_server_limits),
     };
