@@ -9,14 +9,15 @@
  * chained through themselves (each empty slot holds the address of the
  * next), so a child is written where its parent left room for it.
  *
- * Inputs too short to nest past the depth cap take one pass instead (the
- * "fast" mode): pass 2 checks each term with pass 1's own code just
- * before building it, and the arena starts from a guess and grows. The
- * second walk, its frame stack and the second look at every atom were
- * about a third of decoding a small tuple. Anything the fast mode does
- * not take on (funs, atoms not yet in the table, any error) starts over
- * with the two passes, which also give the canonical error; so invalid
- * input still creates no atoms.
+ * Inputs under 16 KiB, too short to nest past the depth cap, take one
+ * pass instead (the "fast" mode): pass 2 checks each term as it builds it
+ * (the common tags with their own length checks, the rest with pass 1's
+ * scan_one) into an arena of a guessed size. The second walk and a second
+ * dispatch per term were about a third of decoding a small tuple. What
+ * the fast mode does not take on (funs, atoms not yet in the table, a
+ * term bigger than the guess, any error) starts over with the two passes,
+ * which also give the canonical error; so invalid input still creates no
+ * atoms, and the term is still in one block.
  */
 #include <math.h>
 #include <stddef.h>
