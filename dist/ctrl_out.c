@@ -164,31 +164,28 @@ static kiln_msg *frame_msg(const uint8_t *head, size_t hlen, const kiln_frames *
     size_t last = first, end = at;
     while (last < f->nmp && end < off + len)
         end += f->mp[last++].len;
-    if (len && last - first <= FRAME_PIECES) {
-        size_t pos = at;
-        for (size_t i = first; i < last; i++) {
-            const struct kiln_piece *q = &f->mp[i];
-            size_t lo = off > pos ? off - pos : 0, hi = off + len < pos + q->len ? off + len - pos : q->len;
-            if (hi > lo)
-                parts[k++] = kiln_binary_from_bin(m, q->bin, q->off + lo, hi - lo);
-            pos += q->len;
-        }
-    } else if (len) {
-        kiln_bin *b = kiln_bin_alloc(len);
-        if (b) {
-            size_t pos = at, w = 0;
-            for (size_t i = first; i < last; i++) {
-                const struct kiln_piece *q = &f->mp[i];
-                size_t lo = off > pos ? off - pos : 0, hi = off + len < pos + q->len ? off + len - pos : q->len;
-                memcpy(kiln_bin_data(b) + w, kiln_bin_data(q->bin) + q->off + lo, hi - lo);
-                w += hi - lo;
-                pos += q->len;
-            }
-            parts[k++] = kiln_binary_from_bin(m, b, 0, len);
-            kiln_bin_decref(b);
+    /* Each piece's part of the slice is referenced; over FRAME_PIECES
+     * of them, copied into one blob instead. */
+    bool copy = len && last - first > FRAME_PIECES;
+    kiln_bin *b = copy ? kiln_bin_alloc(len) : NULL;
+    size_t pos = at, w = 0;
+    for (size_t i = first; i < last && (b || !copy); i++) {
+        const struct kiln_piece *q = &f->mp[i];
+        size_t lo = off > pos ? off - pos : 0, hi = off + len < pos + q->len ? off + len - pos : q->len;
+        pos += q->len;
+        if (hi <= lo)
+            continue;
+        if (copy) {
+            memcpy(kiln_bin_data(b) + w, kiln_bin_data(q->bin) + q->off + lo, hi - lo);
+            w += hi - lo;
         } else {
-            parts[k++] = KILN_NONE;
+            parts[k++] = kiln_binary_from_bin(m, q->bin, q->off + lo, hi - lo);
         }
+    }
+    if (copy) {
+        parts[k++] = b ? kiln_binary_from_bin(m, b, 0, len) : KILN_NONE;
+        if (b)
+            kiln_bin_decref(b);
     }
     kiln_term t = KILN_NONE;
     bool ok = true;

@@ -240,34 +240,24 @@ bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
     return set_opts(e, opts);
 }
 
+/* An array of cap elements, or NULL if it is over keep bytes (freed). */
+static void *drop_big(void *p, size_t *cap, size_t elem, size_t keep)
+{
+    if (*cap * elem <= keep)
+        return p;
+    kiln_free(p);
+    *cap = 0;
+    return NULL;
+}
+
 void etf_enc_trim(kiln_etf_enc *e, size_t keep)
 {
     kiln_etf_enc_reset(e);
-    if (e->cap > keep) {
-        kiln_free(e->buf);
-        e->buf = NULL;
-        e->cap = 0;
-    }
-    if (e->segcap * sizeof(struct seg) > keep) {
-        kiln_free(e->segs);
-        e->segs = NULL;
-        e->segcap = 0;
-    }
-    if (e->iovcap * sizeof(struct iovec) > keep) {
-        kiln_free(e->iov);
-        e->iov = NULL;
-        e->iovcap = 0;
-    }
-    if (e->bincap * sizeof(kiln_bin *) > keep) {
-        kiln_free(e->bins);
-        e->bins = NULL;
-        e->bincap = 0;
-    }
-    if (e->stcap * sizeof(struct eframe) > keep) {
-        kiln_free(e->st);
-        e->st = NULL;
-        e->stcap = 0;
-    }
+    e->buf = drop_big(e->buf, &e->cap, 1, keep);
+    e->segs = drop_big(e->segs, &e->segcap, sizeof *e->segs, keep);
+    e->iov = drop_big(e->iov, &e->iovcap, sizeof *e->iov, keep);
+    e->bins = drop_big(e->bins, &e->bincap, sizeof *e->bins, keep);
+    e->st = drop_big(e->st, &e->stcap, sizeof *e->st, keep);
 }
 
 static void drop_bins(kiln_etf_enc *e, size_t keep)
@@ -720,7 +710,6 @@ static __attribute__((noinline)) int put_box(kiln_etf_enc *e, kiln_term t, unsig
         return KILN_EBADARG;
     }
 }
-
 
 /* Writes t, or the header of t and a frame for its children.
  *
