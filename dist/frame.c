@@ -74,8 +74,9 @@ void kiln_frame_state_init(kiln_frame_state *s)
     memset(s, 0, sizeof(*s));
 }
 
-static void seq_free(struct kiln_frag_seq *q)
+static void seq_free(kiln_frame_state *s, struct kiln_frag_seq *q)
 {
+    s->reserved_bytes -= q->cap;
     kiln_msg_free(q->ctrl);
     if (q->bin)
         kiln_bin_decref(q->bin);
@@ -87,10 +88,11 @@ void kiln_frame_state_fini(kiln_frame_state *s)
     while (s->seqs) {
         struct kiln_frag_seq *q = s->seqs;
         s->seqs = q->next;
-        seq_free(q);
+        seq_free(s, q);
     }
     s->nseqs = 0;
     s->pending_bytes = 0;
+    s->reserved_bytes = 0;
 }
 
 /* ---- reading ---- */
@@ -191,6 +193,36 @@ static struct kiln_frag_seq *find_seq(kiln_frame_state *s, uint64_t id, struct k
     return NULL;
 }
 
+/* The buffer a sequence grows to when need bytes no longer fit. The
+ * fragments still to come (each about per_frag bytes) say how big the
+ * message will be, so the buffer is sized once rather than doubled (each
+ * doubling copies what came so far: with 256 KiB fragments, the copies of
+ * a 1 MiB message cost more than its reassembly). The peer's count is
+ * believed only so far: at most 16 times what it has sent, the message
+ * limit, and the buffers of all sequences together within MAX_PENDING
+ * beyond what they must hold; a bad guess costs only a later grow or an
+ * unused tail, trimmed at the end. */
+static size_t grow_to(const kiln_frame_state *s, size_t cap, size_t need, size_t per_frag, uint64_t frags_left,
+                      size_t max)
+{
+    size_t want = need;
+    if (per_frag && frags_left) {
+        size_t bound = need > max / 16 ? max : need * 16;
+        if (bound > max)
+            bound = max;
+        uint64_t more = frags_left > bound / per_frag ? bound : per_frag * frags_left;
+        want = need + more > bound ? bound : need + (size_t)more;
+    } else if (cap) {
+        want = cap * 2 > max ? max : cap * 2; /* nothing to go on: geometric */
+    }
+    if (want < need)
+        want = need;
+    size_t others = s->reserved_bytes - cap;
+    if (others + want > MAX_PENDING)
+        want = MAX_PENDING > others + need ? MAX_PENDING - others : need;
+    return want;
+}
+
 static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
                           kiln_frame *out)
 {
@@ -231,7 +263,10 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
         return KILN_ETOOBIG;
     }
     struct kiln_frag_seq *q = kiln_calloc(1, sizeof(*q));
-    if (!q || (slice && !(q->bin = kiln_bin_alloc(slice)))) {
+    /* The later fragments carry no control tuple: each about this whole
+     * frame's size. */
+    size_t cap = slice ? grow_to(s, 0, slice, len, frag - 1, max) : 0;
+    if (!q || (cap && !(q->bin = kiln_bin_alloc(cap)))) {
         kiln_free(q);
         kiln_frame_free(out);
         return KILN_ENOMEM;
@@ -244,7 +279,9 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
     q->nrefs = nrefs;
     if (slice) /* an empty first slice leaves bin NULL */
         memcpy(kiln_bin_data(q->bin), p + off, slice);
-    q->len = q->cap = slice;
+    q->len = slice;
+    q->cap = cap;
+    s->reserved_bytes += cap;
     q->next = s->seqs;
     s->seqs = q;
     s->nseqs++;
@@ -268,16 +305,12 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
     if (q->len + slice > max || s->pending_bytes + slice > MAX_PENDING)
         return KILN_ETOOBIG;
     if (q->len + slice > q->cap) {
-        /* Grow geometrically, but never past what the cap allows. */
-        size_t ncap = q->cap ? q->cap * 2 : slice;
-        if (ncap < q->len + slice)
-            ncap = q->len + slice;
-        if (ncap > max)
-            ncap = max;
+        size_t ncap = grow_to(s, q->cap, q->len + slice, slice, frag - 1, max);
         kiln_bin *nb = q->bin ? kiln_bin_resize_unshared(q->bin, ncap) : kiln_bin_alloc(ncap);
         if (!nb)
             return KILN_ENOMEM;
         q->bin = nb;
+        s->reserved_bytes += ncap - q->cap;
         q->cap = ncap;
     }
     if (slice)
@@ -304,6 +337,7 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
             kiln_bin *nb = kiln_bin_resize_unshared(q->bin, q->len);
             if (nb) {
                 q->bin = nb;
+                s->reserved_bytes -= q->cap - q->len;
                 q->cap = q->len;
             }
         }
@@ -314,7 +348,7 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
             used != q->len)
             rc = KILN_ETRAILING;
     }
-    seq_free(q);
+    seq_free(s, q);
     if (rc != KILN_OK) {
         kiln_frame_free(out);
         return rc;

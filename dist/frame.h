@@ -33,6 +33,7 @@ typedef struct kiln_frame_state {
     struct kiln_frag_seq *seqs;     /* fragment sequences under way */
     size_t nseqs;
     size_t pending_bytes;           /* their buffered message bytes */
+    size_t reserved_bytes;          /* their buffers' capacity */
     size_t max_message;             /* largest reassembled message; 0 = 128 MiB */
 } kiln_frame_state;
 

@@ -267,6 +267,54 @@ static void test_fragment_limits(void **state)
     kiln_msg_free(ctrl), kiln_msg_free(a);
 }
 
+/* The fragment count sizes the reassembly buffer once, so a megabyte in
+ * four fragments is not copied again as its buffer doubles; but a count is
+ * believed only up to 16 times what the peer has sent. */
+static void test_fragment_count_sizes_buffer(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *a = big_payload(1 << 20, 7);
+    kiln_frame f;
+    buf *fa = fragments(1, ctrl, a, 4);
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_FRAME_PARTIAL);
+    size_t reserved = s.reserved_bytes;
+    assert_true(reserved >= (1u << 20));
+    assert_int_equal(parse(&s, &fa[1], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(parse(&s, &fa[2], &f), KILN_FRAME_PARTIAL);
+    assert_int_equal(s.reserved_bytes, reserved); /* never grown */
+    assert_int_equal(parse(&s, &fa[3], &f), KILN_OK);
+    assert_big(&f, 1 << 20, 7);
+    assert_int_equal(s.reserved_bytes, 0);
+    kiln_frame_free(&f);
+    free_frags(fa, 4);
+
+    /* A small first fragment that claims 2^40 more. */
+    kiln_msg *small = big_payload(1000, 3);
+    buf *fs = fragments(2, ctrl, small, 2);
+    for (int i = 0; i < 8; i++)
+        fs[0].p[10 + i] = (uint8_t)((uint64_t)1 << 40 >> (8 * (7 - i)));
+    assert_int_equal(parse(&s, &fs[0], &f), KILN_FRAME_PARTIAL);
+    assert_true(s.reserved_bytes <= 16 * fs[0].len);
+    /* Sequences that each claim much (16 x 128 KiB sent, 250 of them):
+     * what they reserve beyond what they sent stays within 256 MiB. */
+    kiln_msg *mid = big_payload(256 << 10, 5);
+    for (uint64_t id = 3; id < 253; id++) {
+        buf *fx = fragments(id, ctrl, mid, 2);
+        for (int i = 0; i < 8; i++)
+            fx[0].p[10 + i] = (uint8_t)((uint64_t)1 << 40 >> (8 * (7 - i)));
+        assert_int_equal(parse(&s, &fx[0], &f), KILN_FRAME_PARTIAL);
+        free_frags(fx, 2);
+    }
+    assert_true(s.reserved_bytes > ((size_t)200 << 20)); /* the claims were believed in part */
+    assert_true(s.reserved_bytes <= ((size_t)256 << 20) + s.pending_bytes);
+    kiln_frame_state_fini(&s);
+    assert_int_equal(s.reserved_bytes, 0);
+    free_frags(fs, 2);
+    kiln_msg_free(ctrl), kiln_msg_free(a), kiln_msg_free(small), kiln_msg_free(mid);
+}
+
 /* A first fragment may carry the control term and no payload at all (the
  * fuzzer found the empty slice). */
 static void test_empty_first_slice(void **state)
@@ -362,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_fragments_interleaved),
         cmocka_unit_test(test_fragment_protocol_errors),
         cmocka_unit_test(test_fragment_limits),
+        cmocka_unit_test(test_fragment_count_sizes_buffer),
         cmocka_unit_test(test_empty_first_slice),
         cmocka_unit_test(test_atom_cache),
     };
