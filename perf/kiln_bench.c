@@ -1106,15 +1106,18 @@ static void bench_gs_local(const char *name)
     sem_destroy(&c.done);
 }
 
-/* ---- tcp_pingpong: the floor under a remote call ----
+/* ---- tcp_pingpong and tcp_echo_1mb: the floors under a remote call ----
  *
- * A 64-byte message to an echo in another OS process over loopback TCP and
- * back (TCP_NODELAY on both ends, blocking reads and writes): what a remote
- * call could cost if distribution added nothing to the two trips through
- * the kernel. A forked child echoes, so the round trip crosses processes
- * as a call between two nodes does. */
+ * A message to an echo in another OS process over loopback TCP and back
+ * (TCP_NODELAY on both ends, blocking reads and writes): what a remote call
+ * could cost if distribution added nothing to the two trips through the
+ * kernel. A forked child echoes, so the round trip crosses processes as a
+ * call between two nodes does. tcp_pingpong sends 64 bytes; tcp_echo_1mb
+ * sends a megabyte, read whole before it is sent back, as a call's server
+ * must have the whole request before it can answer. */
 
 #define TCP_MSG 64
+#define TCP_BIG (1u << 20)
 
 static void write_all(int fd, const uint8_t *p, size_t n)
 {
@@ -1154,19 +1157,19 @@ static void set_nodelay(int fd)
 }
 
 /* The forked child: only system calls and _exit, as a child of a process
- * with threads (the runtime's workers) may safely do. */
-static _Noreturn void tcp_echo_child(int lfd)
+ * with threads (the runtime's workers) may safely do; its buffer was
+ * allocated by the parent before the fork. */
+static _Noreturn void tcp_echo_child(int lfd, uint8_t *buf, size_t size)
 {
     int fd = accept(lfd, NULL, NULL);
     if (fd < 0)
         _exit(1);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    uint8_t buf[TCP_MSG];
     for (;;) {
         size_t got = 0;
-        while (got < TCP_MSG) {
-            ssize_t r = read(fd, buf + got, TCP_MSG - got);
+        while (got < size) {
+            ssize_t r = read(fd, buf + got, size - got);
             if (r == 0)
                 _exit(0);
             if (r < 0 && errno != EINTR)
@@ -1175,8 +1178,8 @@ static _Noreturn void tcp_echo_child(int lfd)
                 got += (size_t)r;
         }
         size_t put = 0;
-        while (put < TCP_MSG) {
-            ssize_t w = write(fd, buf + put, TCP_MSG - put);
+        while (put < size) {
+            ssize_t w = write(fd, buf + put, size - put);
             if (w < 0 && errno != EINTR)
                 _exit(1);
             if (w > 0)
@@ -1185,21 +1188,25 @@ static _Noreturn void tcp_echo_child(int lfd)
     }
 }
 
+struct tcp_ctx {
+    int fd;
+    size_t size;
+    uint8_t *msg, *back;
+};
+
 static uint64_t tcp_run(void *arg, uint64_t n)
 {
-    int fd = *(int *)arg;
-    uint8_t msg[TCP_MSG], back[TCP_MSG];
-    memset(msg, 1, sizeof msg);
+    struct tcp_ctx *c = arg;
     uint64_t t0 = now_ns();
     for (uint64_t i = 0; i < n; i++) {
-        write_all(fd, msg, sizeof msg);
-        if (!read_all(fd, back, sizeof back))
+        write_all(c->fd, c->msg, c->size);
+        if (!read_all(c->fd, c->back, c->size))
             die("tcp echo closed the connection", KILN_ESYS);
     }
     return now_ns() - t0;
 }
 
-static void bench_tcp(const char *name)
+static void bench_tcp(const char *name, size_t size, uint64_t min_rounds)
 {
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     if (lfd < 0)
@@ -1212,25 +1219,34 @@ static void bench_tcp(const char *name)
     if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 1) != 0 ||
         getsockname(lfd, (struct sockaddr *)&a, &alen) != 0)
         die("bind/listen", KILN_ESYS);
+    struct tcp_ctx c = {.size = size, .msg = malloc(size), .back = malloc(size)};
+    uint8_t *echo_buf = malloc(size);
+    if (!c.msg || !c.back || !echo_buf)
+        die("malloc", KILN_ENOMEM);
+    memset(c.msg, 1, size);
     fflush(stdout);
     pid_t child = fork();
     if (child < 0)
         die("fork", KILN_ESYS);
     if (child == 0)
-        tcp_echo_child(lfd);
+        tcp_echo_child(lfd, echo_buf, size);
     close(lfd);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
         die("connect", KILN_ESYS);
     set_nodelay(fd);
-    uint64_t n = calibrate(tcp_run, &fd, 1000, 100000000);
-    info(name, "message_bytes=%d round_trips_per_run=%" PRIu64, TCP_MSG, n);
+    c.fd = fd;
+    uint64_t n = calibrate(tcp_run, &c, min_rounds, 100000000);
+    info(name, "message_bytes=%zu round_trips_per_run=%" PRIu64, size, n);
     for (int r = 0; r < g.reps; r++)
-        report(name, "ns/rt", (double)tcp_run(&fd, n) / (double)n);
+        report(name, "ns/rt", (double)tcp_run(&c, n) / (double)n);
     close(fd);
     int status;
     while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
+    free(c.msg);
+    free(c.back);
+    free(echo_buf);
 }
 
 /* ---- distribution: the server node (--serve) and the *_remote clients ----
@@ -1572,7 +1588,8 @@ static void s_ring(const char *name) { bench_ring(name); }
 static void s_etf_encode(const char *name) { bench_etf_encode(name); }
 static void s_etf_decode(const char *name) { bench_etf_decode(name); }
 static void s_gs_local(const char *name) { bench_gs_local(name); }
-static void s_tcp(const char *name) { bench_tcp(name); }
+static void s_tcp(const char *name) { bench_tcp(name, TCP_MSG, 1000); }
+static void s_tcp_big(const char *name) { bench_tcp(name, TCP_BIG, 10); }
 /* Remote calls start at 100 calls, 10 for the megabyte. */
 static void s_rnumber(const char *name) { bench_call_seq(name, REQ_NUMBER, g_remote.echo, 100); }
 static void s_rstring(const char *name) { bench_call_seq(name, REQ_STRING, g_remote.echo, 100); }
@@ -1597,6 +1614,7 @@ static const struct scenario scenarios[] = {
     {"etf_decode", s_etf_decode, false},
     {"gen_server_call_local", s_gs_local, false},
     {"tcp_pingpong", s_tcp, false},
+    {"tcp_echo_1mb", s_tcp_big, false},
     {"call_seq_remote_number", s_rnumber, true},
     {"call_seq_remote_string", s_rstring, true},
     {"call_seq_remote_pid", s_rpid, true},

@@ -23,6 +23,9 @@
 -define(ONEWAY_MAX, 10000000).
 %% Across a socket: a lower cap (as in kiln_bench.c).
 -define(ONEWAY_REMOTE_MAX, 5000000).
+%% tcp_pingpong's and tcp_echo_1mb's message sizes.
+-define(TCP_MSG, 64).
+-define(TCP_BIG, 1048576).
 
 main([Scenario, Mode, RepsS]) ->
     main([Scenario, Mode, RepsS, none]);
@@ -58,7 +61,8 @@ run("call_par_local", Cfg) ->
 %% in Erlang every call here is a gen_server call.
 run("gen_server_call_local", Cfg) ->
     call_seq_local("gen_server_call_local", fun req_number/0, Cfg);
-run("tcp_pingpong", Cfg) -> tcp_pingpong(Cfg);
+run("tcp_pingpong", Cfg) -> tcp_echo_bench("tcp_pingpong", ?TCP_MSG, 1000, Cfg);
+run("tcp_echo_1mb", Cfg) -> tcp_echo_bench("tcp_echo_1mb", ?TCP_BIG, 10, Cfg);
 %% Remote calls start at 100 calls, 10 for the megabyte.
 run("call_seq_remote_number", Cfg) ->
     call_seq("call_seq_remote_number", fun req_number/0, remote_echo(Cfg), 100, Cfg);
@@ -469,40 +473,40 @@ etf_decode(Cfg) ->
     etf_path("etf_decode", fun b2t_each/2, Encoded, Sizes, "binary_to_term", true, Cfg),
     etf_stop(Parts).
 
-%% ---- tcp_pingpong: 64 bytes to an echo over loopback TCP and back ----
+%% ---- tcp_pingpong and tcp_echo_1mb: a message to an echo over loopback TCP and back ----
 %%
 %% The Kiln side is the floor for remote calls (plain C, the echo in another
 %% OS process); this is gen_tcp doing the same, the echo in this VM.
+%% tcp_pingpong sends 64 bytes, tcp_echo_1mb a megabyte (read whole before
+%% it is sent back).
 
--define(TCP_MSG, 64).
-
-tcp_pingpong(Cfg = #{reps := Reps}) ->
+tcp_echo_bench(Name, Size, Min, Cfg = #{reps := Reps}) ->
     Opts = [binary, {active, false}, {nodelay, true}],
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}} | Opts]),
     {ok, Port} = inet:port(L),
-    spawn_link(fun() -> {ok, S} = gen_tcp:accept(L), tcp_echo(S) end),
+    spawn_link(fun() -> {ok, S} = gen_tcp:accept(L), tcp_echo(S, Size) end),
     {ok, C} = gen_tcp:connect({127, 0, 0, 1}, Port, Opts),
-    Msg = binary:copy(<<1>>, ?TCP_MSG),
+    Msg = binary:copy(<<1>>, Size),
     Run = fun(N) ->
                   T0 = now_ns(),
-                  tcp_loop(C, Msg, N),
+                  tcp_loop(C, Msg, Size, N),
                   now_ns() - T0
           end,
-    N = calibrate(Run, 1000, 100000000, Cfg),
-    info("tcp_pingpong", "message_bytes=~b round_trips_per_run=~b", [?TCP_MSG, N]),
-    repeat(Reps, fun() -> report("tcp_pingpong", "ns/rt", Run(N) / N) end),
+    N = calibrate(Run, Min, 100000000, Cfg),
+    info(Name, "message_bytes=~b round_trips_per_run=~b", [Size, N]),
+    repeat(Reps, fun() -> report(Name, "ns/rt", Run(N) / N) end),
     gen_tcp:close(C),
     ok.
 
-tcp_loop(_C, _Msg, 0) -> ok;
-tcp_loop(C, Msg, N) ->
+tcp_loop(_C, _Msg, _Size, 0) -> ok;
+tcp_loop(C, Msg, Size, N) ->
     ok = gen_tcp:send(C, Msg),
-    {ok, _} = gen_tcp:recv(C, ?TCP_MSG),
-    tcp_loop(C, Msg, N - 1).
+    {ok, _} = gen_tcp:recv(C, Size),
+    tcp_loop(C, Msg, Size, N - 1).
 
-tcp_echo(S) ->
-    case gen_tcp:recv(S, ?TCP_MSG) of
-        {ok, B} -> ok = gen_tcp:send(S, B), tcp_echo(S);
+tcp_echo(S, Size) ->
+    case gen_tcp:recv(S, Size) of
+        {ok, B} -> ok = gen_tcp:send(S, B), tcp_echo(S, Size);
         {error, closed} -> ok
     end.
 
