@@ -182,6 +182,52 @@ static int handshake(kiln_node *n, int fd, kiln_hs_role role, const char *peer, 
 
 /* Read frames until the connection ends; returns why. buf (cap bytes,
  * have of them filled) is ours to grow and free. */
+/* Up to room bytes from the peer into dst; *got == 0 when it closed.
+ * Four silent tick intervals: the peer is gone (Erlang's rule). */
+static int recv_some(struct kiln_conn *c, uint8_t *dst, size_t room, unsigned tick_ms, unsigned *silent, size_t *got)
+{
+    for (;;) {
+        int rc = kiln_io_recv(c->fd, dst, room, tick_ms, got);
+        if (rc != KILN_ETIMEOUT) {
+            if (rc == KILN_OK)
+                *silent = 0;
+            return rc;
+        }
+        if (++*silent >= 4) {
+            fprintf(stderr, "kiln: node %s not responding; closing the connection\n", c->peer_text);
+            return rc;
+        }
+    }
+}
+
+/* Slices at least this big are received straight into their message's
+ * reassembly buffer: no copy through the read buffer. */
+#define PLACED_MIN (16u * 1024u)
+
+/* buf holds the start (have bytes, the 18-byte fragment header included)
+ * of a continuation fragment of flen bytes whose slice fits its
+ * sequence's buffer at dst: the rest of the slice is received there.
+ * *closed when the peer closed before it was whole. */
+static int fill_placed(struct kiln_conn *c, const uint8_t *buf, size_t have, size_t flen, uint8_t *dst,
+                       unsigned tick_ms, unsigned *silent, bool *closed)
+{
+    size_t slice = flen - 18, done = have - 4 - 18;
+    memcpy(dst, buf + 4 + 18, done);
+    *closed = false;
+    while (done < slice) {
+        size_t got;
+        int rc = recv_some(c, dst + done, slice - done, tick_ms, silent, &got);
+        if (rc != KILN_OK)
+            return rc;
+        if (got == 0) {
+            *closed = true;
+            return KILN_OK;
+        }
+        done += got;
+    }
+    return KILN_OK;
+}
+
 static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t have, size_t cap)
 {
     unsigned silent = 0;
@@ -218,6 +264,21 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
             memmove(buf, buf + off, have - off);
             have -= off;
         }
+        uint8_t *dst;
+        if (need >= PLACED_MIN && have >= 4 + 18 && kiln_frame_slice_room(&c->rx, buf + 4, need - 4, &dst)) {
+            bool closed;
+            rc = fill_placed(c, buf, have, need - 4, dst, tick_ms, &silent, &closed);
+            if (rc != KILN_OK || closed)
+                goto out;
+            rc = kiln_ctrl_dispatch_placed(n, c, buf + 4, need - 4);
+            if (rc != KILN_OK) {
+                fprintf(stderr, "kiln: bad distribution message from %s (%s); closing the connection\n",
+                        c->peer_text, kiln_strerror(rc));
+                goto out;
+            }
+            have = 0;
+            continue;
+        }
         /* Room for the frame under way (its length is bounded above), and
          * never less than a chunk to read into. */
         size_t want = need > READ_CHUNK ? need : READ_CHUNK;
@@ -231,18 +292,9 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
             cap = want;
         }
         size_t got;
-        rc = kiln_io_recv(c->fd, buf + have, cap - have, tick_ms, &got);
-        if (rc == KILN_ETIMEOUT) {
-            /* Four silent tick intervals: the peer is gone (Erlang's rule). */
-            if (++silent >= 4) {
-                fprintf(stderr, "kiln: node %s not responding; closing the connection\n", c->peer_text);
-                goto out;
-            }
-            continue;
-        }
+        rc = recv_some(c, buf + have, cap - have, tick_ms, &silent, &got);
         if (rc != KILN_OK || got == 0)
             goto out;
-        silent = 0;
         have += got;
     }
 out:

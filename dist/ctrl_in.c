@@ -26,7 +26,19 @@ static int reply_frame(kiln_node *n, struct kiln_conn *c, kiln_term ctrl)
     return kiln_dist_out(n, c->peer, ctrl, KILN_NONE);
 }
 
+static int dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len, bool placed);
+
 int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len)
+{
+    return dispatch(n, c, p, len, false);
+}
+
+int kiln_ctrl_dispatch_placed(kiln_node *n, struct kiln_conn *c, const uint8_t *hdr, size_t len)
+{
+    return dispatch(n, c, hdr, len, true);
+}
+
+static int dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len, bool placed)
 {
     kiln_rt *rt = n->rt;
     kiln_etf_decode_opts opts = {.ctx = &n->ctx};
@@ -35,7 +47,7 @@ int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size
     size_t before = kiln_atom_count();
     opts.existing_atoms_only = c->new_atoms >= KILN_DIST_MAX_NEW_ATOMS;
     kiln_frame f;
-    int rc = kiln_frame_parse(&c->rx, p, len, &opts, &f);
+    int rc = placed ? kiln_frame_parse_placed(&c->rx, p, len, &opts, &f) : kiln_frame_parse(&c->rx, p, len, &opts, &f);
     /* Counted from the table's size, so atoms others made meanwhile count
      * against this peer too: the error is on the safe side. */
     c->new_atoms += kiln_atom_count() - before;

@@ -289,8 +289,10 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
     return KILN_FRAME_PARTIAL;
 }
 
+/* placed: the slice is already where kiln_frame_slice_room said; p holds
+ * only the 18 header bytes. */
 static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
-                         kiln_frame *out)
+                         kiln_frame *out, bool placed)
 {
     if (len < 2 + 16)
         return KILN_ETRUNCATED;
@@ -313,7 +315,7 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
         s->reserved_bytes += ncap - q->cap;
         q->cap = ncap;
     }
-    if (slice)
+    if (slice && !placed)
         memcpy(kiln_bin_data(q->bin) + q->len, p + 18, slice);
     q->len += slice;
     s->pending_bytes += slice;
@@ -364,7 +366,7 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
     if (len >= 2 && p[0] == 131 && p[1] == 69)
         return first_fragment(s, p, len, opts, out);
     if (len >= 2 && p[0] == 131 && p[1] == 70)
-        return next_fragment(s, p, len, opts, out);
+        return next_fragment(s, p, len, opts, out, false);
     bool bare;
     size_t off, nrefs = 0;
     kiln_term refs[255];
@@ -398,4 +400,28 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
         return KILN_ETRAILING;
     }
     return check(out);
+}
+
+bool kiln_frame_slice_room(kiln_frame_state *s, const uint8_t *hdr, size_t len, uint8_t **dst)
+{
+    if (len < 18 || hdr[0] != 131 || hdr[1] != 70)
+        return false;
+    struct kiln_frag_seq **link;
+    struct kiln_frag_seq *q = find_seq(s, be64(hdr + 2), &link);
+    size_t slice = len - 18;
+    /* Only where the slice fits as things stand: anything else (an error
+     * too) takes kiln_frame_parse's way, which grows or refuses. */
+    if (!q || be64(hdr + 10) != q->expect || !q->bin || q->cap - q->len < slice ||
+        s->pending_bytes + slice > MAX_PENDING)
+        return false;
+    *dst = kiln_bin_data(q->bin) + q->len;
+    return true;
+}
+
+int kiln_frame_parse_placed(kiln_frame_state *s, const uint8_t *hdr, size_t len, const kiln_etf_decode_opts *opts,
+                            kiln_frame *out)
+{
+    out->ctrl = out->msg = NULL;
+    out->op = 0;
+    return next_fragment(s, hdr, len, opts, out, true);
 }

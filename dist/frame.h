@@ -50,4 +50,15 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
                      kiln_frame *out);
 void kiln_frame_free(kiln_frame *f);
 
+/* A continuation fragment (131,70) can be received in place: given its
+ * 18-byte header and the frame's length, true with *dst where its
+ * len - 18 bytes of slice go, when the sequence's buffer has room for
+ * them; false for anything else (kiln_frame_parse then handles the frame,
+ * errors included). Once the slice is written there,
+ * kiln_frame_parse_placed(s, hdr, len, ...) takes the frame as
+ * kiln_frame_parse would have, with nothing else in between. */
+bool kiln_frame_slice_room(kiln_frame_state *s, const uint8_t *hdr, size_t len, uint8_t **dst);
+int kiln_frame_parse_placed(kiln_frame_state *s, const uint8_t *hdr, size_t len, const kiln_etf_decode_opts *opts,
+                            kiln_frame *out);
+
 #endif

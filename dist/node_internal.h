@@ -160,6 +160,9 @@ kiln_msg *kiln_frames_encode(kiln_node *n, uint64_t flags, kiln_out_cache *cache
 /* Handle one non-tick frame payload from c. KILN_OK, or an error that
  * closes the connection (malformed). */
 int kiln_ctrl_dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t len);
+/* The same for a continuation fragment whose slice was received in place
+ * (kiln_frame_slice_room); hdr holds its first 18 bytes. */
+int kiln_ctrl_dispatch_placed(kiln_node *n, struct kiln_conn *c, const uint8_t *hdr, size_t len);
 
 /* ---- rpc.c ---- */
 int kiln_rpc_init(kiln_node *n);

@@ -315,6 +315,46 @@ static void test_fragment_count_sizes_buffer(void **state)
     kiln_msg_free(ctrl), kiln_msg_free(a), kiln_msg_free(small), kiln_msg_free(mid);
 }
 
+/* A continuation fragment received in place: written where
+ * kiln_frame_slice_room says, then taken by kiln_frame_parse_placed; and
+ * every frame that cannot be placed is refused, for kiln_frame_parse. */
+static void test_fragment_in_place(void **state)
+{
+    (void)state;
+    kiln_frame_state s;
+    kiln_frame_state_init(&s);
+    kiln_msg *ctrl = send_ctrl(), *a = big_payload(300000, 9);
+    kiln_frame f;
+    uint8_t *dst;
+    buf *fa = fragments(1, ctrl, a, 3);
+    assert_false(kiln_frame_slice_room(&s, fa[1].p, fa[1].len, &dst)); /* no sequence yet */
+    assert_false(kiln_frame_slice_room(&s, fa[0].p, fa[0].len, &dst)); /* a first fragment */
+    assert_int_equal(parse(&s, &fa[0], &f), KILN_FRAME_PARTIAL);
+    assert_false(kiln_frame_slice_room(&s, fa[2].p, fa[2].len, &dst)); /* FragId out of turn */
+    for (int i = 1; i < 3; i++) {
+        assert_true(kiln_frame_slice_room(&s, fa[i].p, fa[i].len, &dst));
+        memcpy(dst, fa[i].p + 18, fa[i].len - 18);
+        /* Only the header is read: the rest of the frame may be anything. */
+        memset(fa[i].p + 18, 0xee, fa[i].len - 18);
+        assert_int_equal(kiln_frame_parse_placed(&s, fa[i].p, fa[i].len, &opts0, &f),
+                         i == 2 ? KILN_OK : KILN_FRAME_PARTIAL);
+    }
+    assert_big(&f, 300000, 9);
+    kiln_frame_free(&f);
+    free_frags(fa, 3);
+
+    /* A slice bigger than the buffer has room for: refused here, grown by
+     * kiln_frame_parse. */
+    kiln_msg *small = big_payload(100, 1);
+    buf *fs = fragments(2, ctrl, small, 2);
+    buf *fb = fragments(2, ctrl, a, 2);
+    assert_int_equal(parse(&s, &fs[0], &f), KILN_FRAME_PARTIAL);
+    assert_false(kiln_frame_slice_room(&s, fb[1].p, fb[1].len, &dst));
+    kiln_frame_state_fini(&s);
+    free_frags(fs, 2), free_frags(fb, 2);
+    kiln_msg_free(ctrl), kiln_msg_free(a), kiln_msg_free(small);
+}
+
 /* A first fragment may carry the control term and no payload at all (the
  * fuzzer found the empty slice). */
 static void test_empty_first_slice(void **state)
@@ -411,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_fragment_protocol_errors),
         cmocka_unit_test(test_fragment_limits),
         cmocka_unit_test(test_fragment_count_sizes_buffer),
+        cmocka_unit_test(test_fragment_in_place),
         cmocka_unit_test(test_empty_first_slice),
         cmocka_unit_test(test_atom_cache),
     };
