@@ -9,6 +9,7 @@
  * the terms are encoded without the node lock and the header is written
  * under it (atom_cache_out.h). */
 #include <pthread.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "dist/etf_internal.h"
@@ -16,6 +17,7 @@
 #include "runtime/alloc.h"
 #include "runtime/dist_hooks.h"
 #include "runtime/rt.h"
+#include "runtime/term_layout.h"
 
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_REG_SEND = 6, DOP_EXIT2 = 8, DOP_MONITOR_P = 19,
@@ -24,19 +26,59 @@ enum dop {
 
 /* Each thread's encoder, reused for every term it sends: a new one per
  * term cost an allocation for the encoder and a few more while its buffer
- * grew, for every control term and message. Freed when the thread ends. */
-static _Thread_local kiln_etf_enc *tl_enc;
+ * grew, for every control term and message. And its atom-cache refs
+ * (5 KB), lent from a kiln_frames_prepare to the finish or discard that
+ * follows it on the same thread (no process switch comes between). Freed
+ * when the thread ends. */
+static _Thread_local struct {
+    kiln_etf_enc *enc;
+    kiln_out_refs *refs;
+    bool refs_lent, keyed;
+} tl;
 #define ENC_KEEP (64 << 10) /* buffer bytes it keeps between terms */
-static pthread_key_t tl_enc_key;
-static pthread_once_t tl_enc_once = PTHREAD_ONCE_INIT;
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 
-static void tl_enc_free(void *e)
+static void tl_free(void *unused)
 {
-    kiln_etf_enc_free(e);
-    tl_enc = NULL;
+    (void)unused;
+    kiln_etf_enc_free(tl.enc);
+    kiln_free(tl.refs);
+    tl.enc = NULL;
+    tl.refs = NULL;
 }
 
-static void tl_enc_key_init(void) { (void)pthread_key_create(&tl_enc_key, tl_enc_free); }
+static void tl_key_init(void) { (void)pthread_key_create(&tl_key, tl_free); }
+
+/* The thread's state is freed at its exit only once this succeeded. */
+static bool tl_keyed(void)
+{
+    if (!tl.keyed) {
+        pthread_once(&tl_once, tl_key_init);
+        tl.keyed = pthread_setspecific(tl_key, &tl) == 0;
+    }
+    return tl.keyed;
+}
+
+static kiln_out_refs *refs_take(bool *lent)
+{
+    *lent = false;
+    if (!tl.refs_lent && !tl.refs && tl_keyed())
+        tl.refs = kiln_malloc(sizeof(kiln_out_refs));
+    if (!tl.refs_lent && tl.refs) {
+        tl.refs_lent = *lent = true;
+        return tl.refs;
+    }
+    return kiln_malloc(sizeof(kiln_out_refs));
+}
+
+static void refs_give_back(kiln_out_refs *r, bool lent)
+{
+    if (lent)
+        tl.refs_lent = false;
+    else
+        kiln_free(r);
+}
 
 /* This thread's encoder holding one term, bare (inside a header) or whole
  * (with its 131); with refs, its atoms go into them as cache refs. NULL on
@@ -48,16 +90,11 @@ static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs
         o.atom_ref = kiln_out_refs_hook;
         o.atom_ref_arg = refs;
     }
-    kiln_etf_enc *e = tl_enc;
+    kiln_etf_enc *e = tl.enc;
     if (!e) {
-        pthread_once(&tl_enc_once, tl_enc_key_init);
-        if (!(e = kiln_etf_enc_new(&o)))
+        if (!tl_keyed() || !(e = kiln_etf_enc_new(&o)))
             return NULL;
-        if (pthread_setspecific(tl_enc_key, e) != 0) {
-            kiln_etf_enc_free(e);
-            return NULL;
-        }
-        tl_enc = e;
+        tl.enc = e;
     } else if (!etf_enc_reuse(e, &o)) {
         return NULL;
     }
@@ -66,26 +103,9 @@ static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs
     return e;
 }
 
-/* The control term's bytes, in one blob. */
-static kiln_bin *encode_term(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, size_t *len)
+/* The message term, encoded in e, as pieces (struct kiln_frames). */
+static int encode_pieces(kiln_etf_enc *e, kiln_frames *f)
 {
-    kiln_etf_enc *e = encode(n, t, whole, refs);
-    if (!e)
-        return NULL;
-    *len = kiln_etf_enc_size(e);
-    kiln_bin *b = *len <= KILN_DIST_MAX_FRAME ? kiln_bin_alloc(*len ? *len : 1) : NULL;
-    if (b)
-        kiln_etf_enc_copy(e, kiln_bin_data(b));
-    etf_enc_trim(e, ENC_KEEP);
-    return b;
-}
-
-/* The message term as pieces (struct kiln_frames). */
-static int encode_pieces(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs, kiln_frames *f)
-{
-    kiln_etf_enc *e = encode(n, t, whole, refs);
-    if (!e)
-        return KILN_ENOMEM;
     int rc = KILN_OK;
     size_t own = 0;
     struct etf_piece one, *pc = &one;
@@ -218,26 +238,77 @@ void kiln_frames_discard(kiln_frames *f)
     for (size_t i = 0; i < f->nmp; i++)
         kiln_bin_decref(f->mp[i].bin);
     kiln_free(f->mp);
-    kiln_free(f->refs);
-    memset(f, 0, sizeof(*f));
+    if (f->refs)
+        refs_give_back(f->refs, f->refs_lent);
+    memset(f, 0, offsetof(kiln_frames, small));
 }
+
+/* Largest frame built whole on the stack (header with its refs, control
+ * term, message). */
+#define SMALL_FRAME 512
 
 int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f)
 {
-    memset(f, 0, sizeof(*f));
+    memset(f, 0, offsetof(kiln_frames, small));
     f->flags = flags;
     bool header = (flags & (KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_FRAGMENTS)) != 0;
     if (flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE) {
-        if (!(f->refs = kiln_malloc(sizeof(*f->refs))))
+        if (!(f->refs = refs_take(&f->refs_lent)))
             return KILN_ENOMEM;
         kiln_out_refs_init(f->refs);
     }
-    f->cb = encode_term(n, ctrl, !header, f->refs, &f->clen);
-    if (!f->cb || (!kiln_is_none(msg) && encode_pieces(n, msg, !header, f->refs, f) != KILN_OK)) {
-        kiln_frames_discard(f);
-        return KILN_ENOMEM;
+    /* A small control term waits in f->small for the message: if both fit
+     * (and the message holds no shared binary), the frame needs no blob,
+     * piece array or second copy at all (one-way K->K: most of the
+     * sender's allocations per message). */
+    kiln_etf_enc *e = encode(n, ctrl, !header, f->refs);
+    if (!e)
+        goto fail;
+    f->clen = kiln_etf_enc_size(e);
+    if (f->clen <= sizeof f->small) {
+        kiln_etf_enc_copy(e, f->small);
+    } else {
+        if (f->clen > KILN_DIST_MAX_FRAME || !(f->cb = kiln_bin_alloc(f->clen)))
+            goto fail;
+        kiln_etf_enc_copy(e, kiln_bin_data(f->cb));
+    }
+    etf_enc_trim(e, ENC_KEEP);
+    if (!kiln_is_none(msg)) {
+        if (!(e = encode(n, msg, !header, f->refs)))
+            goto fail;
+        size_t mlen = kiln_etf_enc_size(e);
+        struct etf_piece one;
+        size_t np = etf_enc_pieces(e, &one, 1);
+        size_t hmax = f->refs ? 2 + f->refs->max_header : header ? 3 : 1;
+        if (!f->cb && np <= 1 && !(np && one.blob) && f->clen + mlen <= sizeof f->small && mlen <= n->frag_size &&
+            4 + hmax + f->clen + mlen <= SMALL_FRAME) {
+            kiln_etf_enc_copy(e, f->small + f->clen);
+            f->mlen = mlen;
+            f->is_small = true;
+            etf_enc_trim(e, ENC_KEEP);
+            return KILN_OK;
+        }
+        if (!f->cb) {
+            if (!(f->cb = kiln_bin_alloc(f->clen ? f->clen : 1))) {
+                etf_enc_trim(e, ENC_KEEP);
+                goto fail;
+            }
+            memcpy(kiln_bin_data(f->cb), f->small, f->clen);
+        }
+        if (encode_pieces(e, f) != KILN_OK)
+            goto fail;
+        return KILN_OK;
+    }
+    f->is_small = !f->cb && 4 + (f->refs ? 2 + f->refs->max_header : header ? 3 : 1) + f->clen <= SMALL_FRAME;
+    if (!f->is_small && !f->cb) {
+        if (!(f->cb = kiln_bin_alloc(f->clen ? f->clen : 1)))
+            goto fail;
+        memcpy(kiln_bin_data(f->cb), f->small, f->clen);
     }
     return KILN_OK;
+fail:
+    kiln_frames_discard(f);
+    return KILN_ENOMEM;
 }
 
 /* The header's atom-cache part into d: refs against the cache, or none. */
@@ -260,6 +331,31 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
     size_t frag = n->frag_size;
     if (f->refs && !cache)
         goto out; /* refs against no cache would go stale: a caller's bug */
+    if (f->is_small) {
+        uint8_t fb[SMALL_FRAME];
+        size_t hl;
+        if (header) {
+            fb[4] = 131;
+            fb[5] = 68;
+            hl = 2 + put_refs(f, cache, fb + 6);
+        } else {
+            fb[4] = 'p';
+            hl = 1;
+        }
+        put32(fb, hl + clen + mlen);
+        memcpy(fb + 4 + hl, f->small, clen + mlen);
+        size_t total = 4 + hl + clen + mlen;
+        kiln_msg *m = kiln_msg_new(total + 64);
+        kiln_term b = m ? kiln_binary_in_arena(m, fb, total) : KILN_NONE;
+        kiln_term t = kiln_is_none(b) ? KILN_NONE : kiln_list_v(m, 1, &b, KILN_NIL);
+        if (kiln_is_none(t)) {
+            kiln_msg_free(m);
+            goto out;
+        }
+        kiln_msg_set_term(m, t);
+        chain(&head, &tail, m);
+        goto out;
+    }
     if (!header || !(flags & KILN_DFLAG_FRAGMENTS) || mlen <= frag) {
         /* One frame: 'p' + whole terms, or 131,68, refs + bare terms. */
         uint8_t h[8 + 64];

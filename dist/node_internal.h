@@ -144,6 +144,12 @@ typedef struct kiln_frames {
     struct kiln_piece *mp;
     size_t nmp;
     kiln_out_refs *refs;      /* their atoms, with DIST_HDR_ATOM_CACHE */
+    bool refs_lent;           /* refs are the thread's own (ctrl_out.c) */
+    /* A small frame (is_small): the control term's bytes, then the
+     * message's, here instead of cb and mp. Also where a small control
+     * term waits while the message is encoded. Last: not cleared. */
+    bool is_small;
+    uint8_t small[256];
 } kiln_frames;
 /* Encoding, with no lock: KILN_OK or KILN_ENOMEM (nothing to discard). */
 int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f);

@@ -150,6 +150,17 @@ static kiln_term new_bits(kiln_msg *m, const uint8_t *src, size_t bit_off, size_
     return t;
 }
 
+kiln_term kiln_binary_in_arena(kiln_msg *m, const void *data, size_t len)
+{
+    if (!m || (!data && len > 0) || len > KILN_HEADER_SIZE_MAX)
+        return KILN_NONE;
+    struct kiln_binary_box *box = inline_box(m, len * 8, len);
+    if (!box)
+        return KILN_NONE;
+    memcpy((uint8_t *)box->data, data, len);
+    return kiln_box_term((const kiln_term *)box);
+}
+
 kiln_term kiln_bitstring(kiln_msg *m, const void *data, size_t nbits)
 {
     if (!m || (!data && nbits > 0) || nbits / 8 > KILN_HEADER_SIZE_MAX)

@@ -33,10 +33,15 @@ struct kiln_bin {
 /* Resize a blob nobody else references yet (refcount 1, no term over it):
  * a buffer filled in pieces before it is shared. NULL on failure, b kept. */
 kiln_bin *kiln_bin_resize_unshared(kiln_bin *b, size_t len);
+/* A binary whose bytes live in m's arena whatever their number (public
+ * constructors put 64 bytes or more in a refcounted blob): for internal
+ * messages that are only read as bytes, such as a distribution frame on
+ * its way to the writer, where a blob would be one more allocation. */
+kiln_term kiln_binary_in_arena(kiln_msg *m, const void *data, size_t len);
 
-/* KILN_SUB_BINARY. Small bitstrings (< KILN_REFC_BIN_MIN bytes) keep their
- * bytes in the arena right after the box (owner == NULL, header size counts
- * those words too); larger ones point into a kiln_bin the box holds one
+/* KILN_SUB_BINARY. Small bitstrings (< KILN_REFC_BIN_MIN bytes, or any
+ * size from kiln_binary_in_arena) keep their bytes in the arena right after
+ * the box (owner == NULL, header size counts those words too); larger ones point into a kiln_bin the box holds one
  * reference to, and the box is chained on its message's offheap list so
  * freeing the message drops the reference. Bits past nbits in the last byte
  * are always zero, which lets comparison and hashing work on whole bytes. */
