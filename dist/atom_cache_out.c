@@ -12,6 +12,15 @@ void kiln_out_refs_init(kiln_out_refs *r)
     memset(r->used, 0, sizeof r->used);
 }
 
+void kiln_out_refs_clear(kiln_out_refs *r)
+{
+    /* A byte of used holds only slots that are in slot[] too. */
+    for (size_t i = 0; i < r->n; i++)
+        r->used[r->slot[i] / 8] = 0;
+    r->n = 0;
+    r->max_header = 1;
+}
+
 static unsigned slot_of(kiln_term atom)
 {
     /* Any hash does (the slot travels in the header); this one spreads

@@ -41,6 +41,9 @@ typedef struct kiln_out_refs {
 } kiln_out_refs;
 
 void kiln_out_refs_init(kiln_out_refs *r);
+/* Empties r as kiln_out_refs_init does, clearing only what its refs used:
+ * for refs reused message after message. */
+void kiln_out_refs_clear(kiln_out_refs *r);
 /* A kiln_etf_atom_ref_fn over a kiln_out_refs. */
 int kiln_out_refs_hook(void *refs, kiln_term atom);
 /* Writes NumberOfAtomCacheRefs, the flags and the refs for r against c

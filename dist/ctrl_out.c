@@ -60,24 +60,32 @@ static bool tl_keyed(void)
     return tl.keyed;
 }
 
+/* Empty refs: the thread's own (kept empty between lendings, which is
+ * cheaper than emptying 256 bytes of slot bits each time), or a new one
+ * when they are lent already. */
 static kiln_out_refs *refs_take(bool *lent)
 {
     *lent = false;
-    if (!tl.refs_lent && !tl.refs && tl_keyed())
-        tl.refs = kiln_malloc(sizeof(kiln_out_refs));
+    if (!tl.refs_lent && !tl.refs && tl_keyed() && (tl.refs = kiln_malloc(sizeof(kiln_out_refs))))
+        kiln_out_refs_init(tl.refs);
     if (!tl.refs_lent && tl.refs) {
         tl.refs_lent = *lent = true;
         return tl.refs;
     }
-    return kiln_malloc(sizeof(kiln_out_refs));
+    kiln_out_refs *r = kiln_malloc(sizeof(kiln_out_refs));
+    if (r)
+        kiln_out_refs_init(r);
+    return r;
 }
 
 static void refs_give_back(kiln_out_refs *r, bool lent)
 {
-    if (lent)
+    if (lent) {
+        kiln_out_refs_clear(r);
         tl.refs_lent = false;
-    else
+    } else {
         kiln_free(r);
+    }
 }
 
 /* This thread's encoder holding one term, bare (inside a header) or whole
@@ -255,7 +263,6 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
     if (flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE) {
         if (!(f->refs = refs_take(&f->refs_lent)))
             return KILN_ENOMEM;
-        kiln_out_refs_init(f->refs);
     }
     /* A small control term waits in f->small for the message: if both fit
      * (and the message holds no shared binary), the frame needs no blob,
