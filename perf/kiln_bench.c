@@ -1330,7 +1330,10 @@ static kiln_action rrecv_handle(void *state, kiln_msg *msg)
     struct rrecv *r = state;
     int64_t n;
     kiln_term from;
-    if (kiln_match(kiln_msg_term(msg), "{expect,~i,~p}", &n, &from) == KILN_OK) {
+    /* The counted messages are integers: a type test first, as an Erlang
+     * receive clause compiles to, rather than a format parsed per message. */
+    kiln_term t = kiln_msg_term(msg);
+    if (kiln_is_tuple(t) && kiln_match(t, "{expect,~i,~p}", &n, &from) == KILN_OK) {
         kiln_msg_free(r->expect);
         r->expect = kiln_msg_take(msg);
         r->notify = from;
