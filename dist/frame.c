@@ -358,11 +358,105 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
     return check(out);
 }
 
+/* ---- SEND and SEND_SENDER to a local process ----
+ *
+ * Most frames are these. Their control tuple is read where it lies (the
+ * op, the unused atom or the sender skipped, the destination's fields
+ * taken from the bytes) instead of being built into a message that is
+ * freed at once. Anything else (another op, a destination on another
+ * node or of another creation, an encoding not read here) takes the
+ * general way, which also reports every error. */
+
+/* The atom at p[*at], if it is one that exists already: a text form is
+ * looked up, never created (a new atom, or bad text, is left to the
+ * general way, which makes or refuses it exactly as for any term).
+ * Latin-1 text only when it is ASCII, which reads the same as UTF-8. */
+static bool peek_atom(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs, kiln_term *atom)
+{
+    size_t i = *at, n, hdr;
+    if (len - i < 2)
+        return false;
+    if (p[i] == 82) { /* ATOM_CACHE_REF */
+        if (p[i + 1] >= nrefs)
+            return false;
+        *atom = refs[p[i + 1]];
+        *at = i + 2;
+        return true;
+    }
+    bool latin1 = p[i] == 115 || p[i] == 100;
+    if (p[i] == 119 || p[i] == 115) { /* SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT */
+        n = p[i + 1];
+        hdr = 2;
+    } else if ((p[i] == 118 || p[i] == 100) && len - i >= 3) { /* ATOM_UTF8_EXT, ATOM_EXT */
+        n = (size_t)p[i + 1] << 8 | p[i + 2];
+        hdr = 3;
+    } else {
+        return false;
+    }
+    if (len - i - hdr < n)
+        return false;
+    for (size_t k = 0; latin1 && k < n; k++)
+        if (p[i + hdr + k] >= 0x80)
+            return false;
+    if (kiln_atom_existing((const char *)p + i + hdr, n, atom) != KILN_OK)
+        return false;
+    *at = i + hdr + n;
+    return true;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* A NEW_PID_EXT at p[*at]: its node, and the three numbers in w. */
+static bool peek_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs, kiln_term *node,
+                     uint32_t w[3])
+{
+    size_t i = *at;
+    if (i >= len || p[i] != 88)
+        return false;
+    i++;
+    if (!peek_atom(p, len, &i, refs, nrefs, node) || len - i < 12)
+        return false;
+    for (int k = 0; k < 3; k++)
+        w[k] = be32(p + i + 4 * k);
+    *at = i + 12;
+    return true;
+}
+
+/* After the header: {2, Unused, To} or {22, From, To}, To a pid of this
+ * node (ctx). *off moves past the control tuple. */
+static bool fast_send(const uint8_t *p, size_t len, size_t *off, const kiln_term *refs, size_t nrefs,
+                      const kiln_etf_decode_opts *opts, int64_t *op, kiln_term *to)
+{
+    size_t i = *off;
+    const kiln_etf_ctx *ctx = opts->ctx;
+    if (!ctx || ctx->node == KILN_NONE || len - i < 4 || p[i] != 104 || p[i + 1] != 3 || p[i + 2] != 97 ||
+        (p[i + 3] != 2 && p[i + 3] != 22))
+        return false;
+    i += 4;
+    kiln_term node;
+    uint32_t w[3];
+    if (p[i - 1] == 22 ? !peek_pid(p, len, &i, refs, nrefs, &node, w) : !peek_atom(p, len, &i, refs, nrefs, &node))
+        return false;
+    /* The decoder's rule for a local pid; and SEND without a message is
+     * left to the general way, which refuses it. */
+    if (!peek_pid(p, len, &i, refs, nrefs, &node, w) || node != ctx->node || w[2] != ctx->creation ||
+        w[1] > 0x1FFFFFFFu || i == len)
+        return false;
+    *op = p[*off + 3];
+    *to = kiln_local_pid(w[0], w[1]);
+    *off = i;
+    return true;
+}
+
 int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
                      kiln_frame *out)
 {
     out->ctrl = out->msg = NULL;
     out->op = 0;
+    out->to = KILN_NONE;
     if (len >= 2 && p[0] == 131 && p[1] == 69)
         return first_fragment(s, p, len, opts, out);
     if (len >= 2 && p[0] == 131 && p[1] == 70)
@@ -383,6 +477,16 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
         return KILN_EPROTO;
     }
     size_t used = 0;
+    if (bare && !s->no_fast_send && fast_send(p, len, &off, refs, nrefs, opts, &out->op, &out->to)) {
+        int rc = decode(p + off, len - off, true, opts, refs, nrefs, &out->msg, &used);
+        if (rc != KILN_OK)
+            return rc;
+        if (off + used != len) {
+            kiln_frame_free(out);
+            return KILN_ETRAILING;
+        }
+        return KILN_OK;
+    }
     int rc = decode(p + off, len - off, bare, opts, refs, nrefs, &out->ctrl, &used);
     if (rc != KILN_OK)
         return rc;
@@ -423,5 +527,6 @@ int kiln_frame_parse_placed(kiln_frame_state *s, const uint8_t *hdr, size_t len,
 {
     out->ctrl = out->msg = NULL;
     out->op = 0;
+    out->to = KILN_NONE;
     return next_fragment(s, hdr, len, opts, out, true);
 }

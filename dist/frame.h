@@ -21,9 +21,12 @@
 #define KILN_FRAME_PARTIAL 1
 
 typedef struct kiln_frame {
-    kiln_msg *ctrl;  /* root: the control tuple, op checked */
+    kiln_msg *ctrl;  /* root: the control tuple, op checked; NULL for a
+                      * SEND or SEND_SENDER to a local process, whose pid
+                      * is then in to */
     kiln_msg *msg;   /* the message/reason term after it, or NULL */
     int64_t op;
+    kiln_term to;
 } kiln_frame;
 
 struct kiln_frag_seq;
@@ -35,6 +38,7 @@ typedef struct kiln_frame_state {
     size_t pending_bytes;           /* their buffered message bytes */
     size_t reserved_bytes;          /* their buffers' capacity */
     size_t max_message;             /* largest reassembled message; 0 = 128 MiB */
+    bool no_fast_send;              /* tests: every control tuple built */
 } kiln_frame_state;
 
 void kiln_frame_state_init(kiln_frame_state *s);

@@ -157,21 +157,32 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* The frame's destination and message, for comparing the two ways. */
+static void sends(const kiln_frame *f, kiln_term *to, kiln_term *msg)
+{
+    *to = f->ctrl ? kiln_tuple_get(kiln_msg_term(f->ctrl), 2) : f->to;
+    *msg = f->msg ? kiln_msg_term(f->msg) : KILN_NONE;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     kiln_etf_decode_opts opts = {.ctx = &ctx, .max_depth = 200, .max_uncompressed = 1 << 20};
     /* The input is a run of frames (u16 length each) on one connection,
-     * so the atom cache and fragment reassembly see sequences too. */
-    static kiln_frame_state st;
+     * so the atom cache and fragment reassembly see sequences too. A
+     * second state sees the same frames with every control tuple built:
+     * both must agree on every frame. */
+    static kiln_frame_state st, plain;
     kiln_frame_state_init(&st);
-    st.max_message = 1 << 20;
+    kiln_frame_state_init(&plain);
+    st.max_message = plain.max_message = 1 << 20;
+    plain.no_fast_send = true;
     size_t off = 0;
     while (size - off >= 2) {
         size_t len = (size_t)data[off] << 8 | data[off + 1];
         off += 2;
         if (len > size - off)
             len = size - off;
-        kiln_frame f;
+        kiln_frame f, g;
         /* A continuation that fits goes in place, as the reader takes
          * large ones; the rest through kiln_frame_parse. */
         uint8_t *dst;
@@ -182,13 +193,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             rc = kiln_frame_parse(&st, data + off, len, &opts, &f);
         }
+        int rc2 = kiln_frame_parse(&plain, data + off, len, &opts, &g);
+        if (rc != rc2)
+            abort();
         if (rc == KILN_OK) {
-            if (!kiln_is_tuple(kiln_msg_term(f.ctrl)) || f.op < 1)
+            if ((f.ctrl && !kiln_is_tuple(kiln_msg_term(f.ctrl))) || f.op < 1 || f.op != g.op)
                 abort(); /* parse promised a checked control tuple */
+            if (!f.ctrl) {
+                kiln_term t1, m1, t2, m2;
+                sends(&f, &t1, &m1);
+                sends(&g, &t2, &m2);
+                if (kiln_term_cmp_exact(t1, t2) != 0 || kiln_term_cmp_exact(m1, m2) != 0)
+                    abort();
+            }
             kiln_frame_free(&f);
+            kiln_frame_free(&g);
         }
         off += len;
     }
     kiln_frame_state_fini(&st);
+    kiln_frame_state_fini(&plain);
     return 0;
 }

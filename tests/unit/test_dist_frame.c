@@ -154,6 +154,61 @@ static void test_pass_through_and_header(void **state)
     kiln_frame_state_fini(&s);
 }
 
+/* SEND and SEND_SENDER to a process of this node come out with no
+ * control tuple built, the destination in f.to; to anywhere else, or with
+ * no_fast_send, the tuple is built as for every other op. */
+static void test_send_to_local_pid(void **state)
+{
+    (void)state;
+    kiln_etf_ctx me = {.node = kiln_atom_c("me@host"), .creation = 9};
+    kiln_etf_decode_opts o = {.ctx = &me};
+    kiln_msg *m = kiln_test_msg("{hello,~i}", 7L);
+    kiln_msg *t = kiln_msg_new(512);
+    kiln_term here = kiln_ext_pid(t, me.node, 5, 1, 9), other_creation = kiln_ext_pid(t, me.node, 5, 1, 8),
+              elsewhere = kiln_ext_pid(t, kiln_atom_c("you@host"), 5, 1, 9);
+    struct {
+        kiln_term ctrl;
+        bool fast;
+    } cases[] = {
+        {kiln_tuple(t, 3, kiln_small(2), kiln_atom_c(""), here), true},
+        {kiln_tuple(t, 3, kiln_small(22), elsewhere, here), true},
+        {kiln_tuple(t, 3, kiln_small(2), kiln_atom_c(""), other_creation), false},
+        {kiln_tuple(t, 3, kiln_small(22), here, elsewhere), false},
+        {kiln_tuple(t, 4, kiln_small(6), here, kiln_atom_c(""), kiln_atom_c("name")), false},
+    };
+    for (int plain = 0; plain < 2; plain++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            kiln_frame_state s;
+            kiln_frame_state_init(&s);
+            s.no_fast_send = plain;
+            buf h = {0};
+            put8(&h, 131), put8(&h, 68), put8(&h, 0);
+            put_term(&h, cases[i].ctrl, false);
+            put_term(&h, kiln_msg_term(m), false);
+            kiln_frame f;
+            assert_int_equal(kiln_frame_parse(&s, h.p, h.len, &o, &f), KILN_OK);
+            assert_int_equal(f.op, kiln_small_value(kiln_tuple_get(cases[i].ctrl, 0)));
+            assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(m)), 0);
+            if (cases[i].fast && !plain) {
+                assert_null(f.ctrl);
+                assert_true(f.to == kiln_local_pid(5, 1));
+            } else {
+                assert_non_null(f.ctrl);
+            }
+            kiln_frame_free(&f);
+            /* Without its message, SEND is refused either way. */
+            buf c = {0};
+            put8(&c, 131), put8(&c, 68), put8(&c, 0);
+            put_term(&c, cases[i].ctrl, false);
+            if (kiln_small_value(kiln_tuple_get(cases[i].ctrl, 0)) != 6)
+                assert_int_equal(kiln_frame_parse(&s, c.p, c.len, &o, &f), KILN_EPROTO);
+            free(h.p), free(c.p);
+            kiln_frame_state_fini(&s);
+        }
+    }
+    kiln_msg_free(m), kiln_msg_free(t);
+}
+
 static void test_fragments_interleaved(void **state)
 {
     (void)state;
@@ -447,6 +502,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pass_through_and_header),
+        cmocka_unit_test(test_send_to_local_pid),
         cmocka_unit_test(test_fragments_interleaved),
         cmocka_unit_test(test_fragment_protocol_errors),
         cmocka_unit_test(test_fragment_limits),
