@@ -5,20 +5,20 @@
 
 #include "cpu.h"
 
-static inline kiln_msg *stub_node(struct kiln_mailbox *mb) { return (kiln_msg *)(void *)&mb->stub; }
+static inline kiln_msg *stub_node(struct kiln_mb_cons *c) { return (kiln_msg *)(void *)&c->stub; }
 
-void kiln_mb_init(struct kiln_mailbox *mb)
+void kiln_mb_init(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
 {
-    atomic_store_explicit(&mb->stub.next, NULL, memory_order_relaxed);
-    mb->tail = stub_node(mb);
+    atomic_store_explicit(&c->stub.next, NULL, memory_order_relaxed);
+    c->tail = stub_node(c);
     /* A new process is scheduled by spawn itself, so it starts active. */
-    atomic_store_explicit(&mb->head, (uintptr_t)stub_node(mb), memory_order_release);
+    atomic_store_explicit(&pr->head, (uintptr_t)stub_node(c), memory_order_release);
 }
 
-kiln_mb_push_result kiln_mb_push(struct kiln_mailbox *mb, kiln_msg *m)
+kiln_mb_push_result kiln_mb_push(struct kiln_mb_prod *pr, kiln_msg *m)
 {
     atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
-    uintptr_t prev = atomic_exchange_explicit(&mb->head, (uintptr_t)m, memory_order_acq_rel);
+    uintptr_t prev = atomic_exchange_explicit(&pr->head, (uintptr_t)m, memory_order_acq_rel);
     kiln_msg *p = (kiln_msg *)(prev & ~KILN_MB_BITS);
     atomic_store_explicit(&p->next, m, memory_order_release);
     if (prev & KILN_MB_DEAD)
@@ -26,47 +26,47 @@ kiln_mb_push_result kiln_mb_push(struct kiln_mailbox *mb, kiln_msg *m)
     return (prev & KILN_MB_IDLE) ? KILN_MB_WAS_IDLE : KILN_MB_WAS_ACTIVE;
 }
 
-kiln_mb_pop_result kiln_mb_pop(struct kiln_mailbox *mb, kiln_msg **out)
+kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, kiln_msg **out)
 {
-    kiln_msg *tail = mb->tail;
+    kiln_msg *tail = c->tail;
     kiln_msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (tail == stub_node(mb)) {
+    if (tail == stub_node(c)) {
         if (!next) {
-            uintptr_t head = atomic_load_explicit(&mb->head, memory_order_acquire) & ~KILN_MB_BITS;
+            uintptr_t head = atomic_load_explicit(&pr->head, memory_order_acquire) & ~KILN_MB_BITS;
             return head == (uintptr_t)tail ? KILN_MB_EMPTY : KILN_MB_INFLIGHT;
         }
-        mb->tail = next;
+        c->tail = next;
         tail = next;
         next = atomic_load_explicit(&tail->next, memory_order_acquire);
     }
     if (next) {
-        mb->tail = next;
+        c->tail = next;
         *out = tail;
         return KILN_MB_GOT;
     }
-    uintptr_t head = atomic_load_explicit(&mb->head, memory_order_acquire) & ~KILN_MB_BITS;
+    uintptr_t head = atomic_load_explicit(&pr->head, memory_order_acquire) & ~KILN_MB_BITS;
     if (head != (uintptr_t)tail)
         return KILN_MB_INFLIGHT;
     /* tail is the only node: put the stub behind it so tail can be handed out. */
-    kiln_msg *stub = stub_node(mb);
+    kiln_msg *stub = stub_node(c);
     atomic_store_explicit(&stub->next, NULL, memory_order_relaxed);
-    uintptr_t prev = atomic_exchange_explicit(&mb->head, (uintptr_t)stub, memory_order_acq_rel);
+    uintptr_t prev = atomic_exchange_explicit(&pr->head, (uintptr_t)stub, memory_order_acq_rel);
     kiln_msg *p = (kiln_msg *)(prev & ~KILN_MB_BITS);
     atomic_store_explicit(&p->next, stub, memory_order_release);
     next = atomic_load_explicit(&tail->next, memory_order_acquire);
     if (next) {
-        mb->tail = next;
+        c->tail = next;
         *out = tail;
         return KILN_MB_GOT;
     }
     return KILN_MB_INFLIGHT;
 }
 
-kiln_msg *kiln_mb_pop_wait(struct kiln_mailbox *mb)
+kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
 {
     kiln_msg *m;
     for (unsigned spins = 0;; spins++) {
-        switch (kiln_mb_pop(mb, &m)) {
+        switch (kiln_mb_pop(pr, c, &m)) {
         case KILN_MB_GOT:
             return m;
         case KILN_MB_EMPTY:
@@ -82,24 +82,24 @@ kiln_msg *kiln_mb_pop_wait(struct kiln_mailbox *mb)
     }
 }
 
-bool kiln_mb_try_idle(struct kiln_mailbox *mb)
+bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
 {
-    uintptr_t expect = (uintptr_t)stub_node(mb);
-    if (mb->tail != stub_node(mb) || atomic_load_explicit(&mb->stub.next, memory_order_acquire))
+    uintptr_t expect = (uintptr_t)stub_node(c);
+    if (c->tail != stub_node(c) || atomic_load_explicit(&c->stub.next, memory_order_acquire))
         return false;
-    return atomic_compare_exchange_strong_explicit(&mb->head, &expect, expect | KILN_MB_IDLE,
+    return atomic_compare_exchange_strong_explicit(&pr->head, &expect, expect | KILN_MB_IDLE,
                                                    memory_order_acq_rel, memory_order_acquire);
 }
 
-void kiln_mb_mark_dead(struct kiln_mailbox *mb)
+void kiln_mb_mark_dead(struct kiln_mb_prod *pr)
 {
-    uintptr_t cur = atomic_load_explicit(&mb->head, memory_order_acquire);
-    while (!atomic_compare_exchange_weak_explicit(&mb->head, &cur, (cur & ~KILN_MB_IDLE) | KILN_MB_DEAD,
+    uintptr_t cur = atomic_load_explicit(&pr->head, memory_order_acquire);
+    while (!atomic_compare_exchange_weak_explicit(&pr->head, &cur, (cur & ~KILN_MB_IDLE) | KILN_MB_DEAD,
                                                   memory_order_acq_rel, memory_order_acquire))
         ;
 }
 
-bool kiln_mb_is_idle(struct kiln_mailbox *mb)
+bool kiln_mb_is_idle(struct kiln_mb_prod *pr)
 {
-    return (atomic_load_explicit(&mb->head, memory_order_acquire) & KILN_MB_IDLE) != 0;
+    return (atomic_load_explicit(&pr->head, memory_order_acquire) & KILN_MB_IDLE) != 0;
 }

@@ -23,10 +23,23 @@ struct kiln_mb_stub {
     _Atomic(kiln_msg *) next; /* same offset as kiln_msg.next */
 };
 
-struct kiln_mailbox {
-    _Atomic(uintptr_t) head;  /* last pushed node | state bits */
-    kiln_msg *tail;           /* consumer side: next node to pop */
+/* The two ends live apart: every sender exchanges head, the owner moves
+ * tail on every pop. Kept in one cache line, a stream of messages from
+ * another core passes that line back and forth twice per message; the
+ * embedding struct puts them at least a line apart (struct kiln_proc). */
+struct kiln_mb_prod {
+    _Atomic(uintptr_t) head; /* last pushed node | state bits */
+};
+
+struct kiln_mb_cons {
+    kiln_msg *tail; /* next node to pop */
     struct kiln_mb_stub stub;
+};
+
+/* Both ends in one place, where nothing crosses cores (tests). */
+struct kiln_mailbox {
+    struct kiln_mb_prod p;
+    struct kiln_mb_cons c;
 };
 
 typedef enum kiln_mb_push_result {
@@ -35,20 +48,20 @@ typedef enum kiln_mb_push_result {
     KILN_MB_WAS_DEAD = 2    /* owner exited; the message is reclaimed with it */
 } kiln_mb_push_result;
 
-void kiln_mb_init(struct kiln_mailbox *mb);
-kiln_mb_push_result kiln_mb_push(struct kiln_mailbox *mb, kiln_msg *m);
+void kiln_mb_init(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
+kiln_mb_push_result kiln_mb_push(struct kiln_mb_prod *pr, kiln_msg *m);
 
 typedef enum kiln_mb_pop_result { KILN_MB_GOT, KILN_MB_EMPTY, KILN_MB_INFLIGHT } kiln_mb_pop_result;
 /* Owner only. INFLIGHT: a producer is between its exchange and its link;
  * the message will be visible in a few instructions. */
-kiln_mb_pop_result kiln_mb_pop(struct kiln_mailbox *mb, kiln_msg **out);
+kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, kiln_msg **out);
 /* Owner only: pop, waiting out an in-flight push. NULL when empty. */
-kiln_msg *kiln_mb_pop_wait(struct kiln_mailbox *mb);
+kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
 /* Owner only: mark idle if the queue is empty. False if messages arrived
  * (the owner must keep running). */
-bool kiln_mb_try_idle(struct kiln_mailbox *mb);
+bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
 /* Owner only, on exit: later pushes will not schedule the owner. */
-void kiln_mb_mark_dead(struct kiln_mailbox *mb);
-bool kiln_mb_is_idle(struct kiln_mailbox *mb);
+void kiln_mb_mark_dead(struct kiln_mb_prod *pr);
+bool kiln_mb_is_idle(struct kiln_mb_prod *pr);
 
 #endif

@@ -125,7 +125,7 @@ int kiln_demonitor(kiln_term ref, bool flush)
                 if (p->save_tail == m)
                     p->save_tail = prev;
                 p->save_len--;
-                atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+                kiln_proc_took(p);
                 kiln_msg_free(m);
             } else {
                 prev = m;

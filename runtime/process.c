@@ -44,7 +44,7 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
 {
     if (counts_as_message(m)) {
         uint32_t max = p->max_mailbox;
-        if (max && atomic_load_explicit(&p->queued, memory_order_relaxed) >= max) {
+        if (max && kiln_proc_queued(p) >= max) {
             if (p->overflow == KILN_OVERFLOW_FAIL) {
                 kiln_msg_free(m);
                 return KILN_EMAILBOX_FULL;
@@ -55,7 +55,7 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
             }
             /* DROP_OLDEST: the owner trims the front when it drains. */
         }
-        atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
     }
     switch (kiln_mb_push(&p->mb, m)) {
     case KILN_MB_WAS_IDLE:
@@ -107,7 +107,7 @@ static int spawn_common(kiln_rt *rt, const kiln_behaviour *b, void (*fn)(void *)
     struct kiln_proc *p = kiln_calloc(1, sizeof(*p));
     if (!p)
         return KILN_ENOMEM;
-    kiln_mb_init(&p->mb);
+    kiln_mb_init(&p->mb, &p->mbc);
     p->rt = rt;
     atomic_flag_clear(&p->lock);
     p->beh = b;
@@ -123,7 +123,7 @@ static int spawn_common(kiln_rt *rt, const kiln_behaviour *b, void (*fn)(void *)
             p->flags |= KILN_PF_TRAP_EXIT;
         if (opts->max_mailbox) {
             p->max_mailbox = opts->max_mailbox > UINT32_MAX ? UINT32_MAX : (uint32_t)opts->max_mailbox;
-            p->overflow = (uint32_t)opts->overflow;
+            p->overflow = (uint8_t)opts->overflow;
         }
     }
     int rc = kiln_ptab_add(rt, p);
@@ -310,7 +310,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
     /* Whatever was queued before the mark is answered now; later arrivals
      * are answered when the struct is reclaimed (epoch.c). */
     kiln_msg *m;
-    while ((m = kiln_mb_pop_wait(&p->mb)))
+    while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc)))
         kiln_signal_answer_dead(rt, p->pid, m);
     while ((m = p->save_head)) {
         p->save_head = atomic_load_explicit(&m->next, memory_order_relaxed);
@@ -416,7 +416,7 @@ int kiln_process_info(kiln_rt *rt, kiln_term pid, kiln_proc_info *out)
     uint32_t st = atomic_load_explicit(&p->status, memory_order_relaxed);
     out->status = (kiln_proc_status)(st & 0xFFu);
     out->has_stack = (st & KILN_PS_STACK_BIT) != 0 || (kiln_current_proc() == p && p->fiber);
-    out->message_queue_len = atomic_load_explicit(&p->queued, memory_order_relaxed);
+    out->message_queue_len = kiln_proc_queued(p);
     out->trap_exit = (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_TRAP_EXIT) != 0;
     out->memory = sizeof(*p);
     out->registered_name = KILN_NONE;

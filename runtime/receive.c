@@ -92,7 +92,7 @@ static int receive(struct kiln_proc *p, kiln_msg_match_fn match, void *arg, int6
             if (match(m, arg)) {
                 unlink_saved(p, prev, m);
                 if (m->kind != KILN_MK_WAKE)
-                    atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+                    kiln_proc_took(p);
                 *out = m;
                 return KILN_OK;
             }

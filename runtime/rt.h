@@ -6,6 +6,7 @@
 #include <ck_epoch.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -89,31 +90,63 @@ struct kiln_proc_ext {
 #define KILN_PS_STACK_BIT 0x100u
 
 struct kiln_proc {
-    struct kiln_mailbox mb;
+    /* What senders touch on every message, in the first 32 bytes: the
+     * mailbox's head and the count of messages pushed (both written), and
+     * what a delivery reads. What the owner touches per message starts at
+     * byte 80: with the 16-byte alignment the allocator gives, no cache
+     * line holds both. (They shared one, which every message from another
+     * core then moved back and forth: docs/design.md.) In between, fields
+     * neither side touches per message. */
+    struct kiln_mb_prod mb;
+    _Atomic uint32_t pushed;      /* user messages pushed (or made by the owner) */
+    uint32_t max_mailbox;         /* 0 = unbounded; set at spawn, read by senders */
     kiln_term pid;
-    kiln_rt *rt;
-    _Atomic uint32_t status;      /* kiln_proc_status, for process_info */
-    _Atomic uint32_t flags;       /* enum kiln_proc_flag; written by the owner only */
+    _Atomic uint32_t status;      /* kiln_proc_status, for process_info; set once per run */
+    uint8_t overflow;             /* kiln_overflow */
     atomic_flag lock;             /* guards ext->name against register/exit races */
+
+    void *init_arg;
+    kiln_msg *exit_reason;        /* root = reason once stopping */
+    struct kiln_proc_ext *_Atomic ext; /* written once by the owner, read by process_info */
+    struct kiln_proc *grave_next;
+    ck_epoch_entry_t epoch_entry;
+
+    /* The owner's. */
+    _Alignas(16) struct kiln_mb_cons mbc;
+    _Atomic uint32_t popped;      /* user messages taken out: queued = pushed - popped */
+    _Atomic uint32_t flags;       /* enum kiln_proc_flag; written by the owner only */
     uint32_t recv_gen;            /* generation of the armed receive timer */
+    uint32_t save_len;
+    void (*fn)(void *);
+    kiln_rt *rt;
     const kiln_behaviour *beh;
     void *state;                  /* behaviour state, or fn argument */
-    void (*fn)(void *);
     struct kiln_fiber *fiber;     /* held while blocked (and always for fn processes) */
     kiln_msg *save_head, *save_tail; /* drained, not yet consumed, in order */
-    uint32_t save_len;
-    _Atomic uint32_t queued;      /* user messages in the mailbox and save list */
-    uint32_t max_mailbox;         /* 0 = unbounded; set at spawn, read by senders */
-    uint32_t overflow;            /* kiln_overflow */
     kiln_msg *current;            /* borrowed message in handle() */
     kiln_timer recv_timer;        /* the one receive timer, 0 when none is armed */
     uint64_t recv_timer_at;       /* when it fires (kiln_now_ms) */
-    kiln_msg *exit_reason;        /* root = reason once stopping */
-    struct kiln_proc_ext *_Atomic ext; /* written once by the owner, read by process_info */
-    void *init_arg;
-    ck_epoch_entry_t epoch_entry;
-    struct kiln_proc *grave_next;
 };
+/* Bytes 0..31 and 80.. of a 16-byte aligned struct never share a 64-byte
+ * line. */
+_Static_assert(offsetof(struct kiln_proc, lock) + sizeof(atomic_flag) <= 32 && offsetof(struct kiln_proc, mbc) >= 80,
+               "a sender's and the owner's hot fields must be a cache line apart");
+
+/* User messages in the mailbox and the save list. Two counters, one per
+ * side, rather than one both sides write: popped first (acquire), so
+ * pushed, read after it, is never behind it. */
+static inline uint32_t kiln_proc_queued(const struct kiln_proc *p)
+{
+    uint32_t out = atomic_load_explicit(&p->popped, memory_order_acquire);
+    return atomic_load_explicit(&p->pushed, memory_order_relaxed) - out;
+}
+
+/* The owner took a user message out. */
+static inline void kiln_proc_took(struct kiln_proc *p)
+{
+    atomic_store_explicit(&p->popped, atomic_load_explicit(&p->popped, memory_order_relaxed) + 1,
+                          memory_order_release);
+}
 
 /* ---- workers ---- */
 

@@ -609,7 +609,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
      * off the process's stack, so a sender that wakes it cannot resume the
      * stack while it is still in use. */
     atomic_store_explicit(&p->status, KILN_PS_WAITING | (p->fiber ? KILN_PS_STACK_BIT : 0), memory_order_relaxed);
-    if (!kiln_mb_try_idle(&p->mb))
+    if (!kiln_mb_try_idle(&p->mb, &p->mbc))
         kiln_sched_ready(rt, p, false);
 }
 

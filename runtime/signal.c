@@ -320,7 +320,7 @@ static kiln_msg *as_exit_message(struct kiln_proc *p, kiln_msg *m)
     }
     m->root = t;
     m->kind = KILN_MK_USER;
-    atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
     return m;
 }
 
@@ -350,7 +350,7 @@ static void nodedown(struct kiln_proc *p, kiln_term node)
         kiln_monitor_release(&mon);
         if (down) {
             down->kind = KILN_MK_USER;
-            atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
             kiln_save_append(p, down);
         }
     }
@@ -376,7 +376,7 @@ static void nodedown(struct kiln_proc *p, kiln_term node)
         }
         x->root = kiln_tuple(x, 3, KILN_ATOM_EXIT, x->from, KILN_ATOM_NOCONNECTION);
         x->kind = KILN_MK_USER;
-        atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
         kiln_save_append(p, x);
     }
 }
@@ -405,7 +405,7 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
     case KILN_MK_ALIAS_MSG: {
         if (alias_active(p, m->aux, true))
             return m;
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        kiln_proc_took(p);
         kiln_msg_free(m);
         return NULL;
     }
@@ -484,7 +484,7 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
             return NULL;
         }
         m->kind = KILN_MK_USER;
-        atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
         return m;
     }
     }
@@ -512,7 +512,7 @@ void kiln_proc_trim(struct kiln_proc *p)
 {
     /* DROP_OLDEST bound: drop from the front until the queue fits. */
     while (p->max_mailbox && p->overflow == KILN_OVERFLOW_DROP_OLDEST &&
-           atomic_load_explicit(&p->queued, memory_order_relaxed) > p->max_mailbox) {
+           kiln_proc_queued(p) > p->max_mailbox) {
         kiln_msg *prev = NULL, *m = p->save_head;
         while (m && !is_countable(m)) {
             prev = m;
@@ -528,7 +528,7 @@ void kiln_proc_trim(struct kiln_proc *p)
         if (p->save_tail == m)
             p->save_tail = prev;
         p->save_len--;
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        kiln_proc_took(p);
         kiln_msg_free(m);
     }
 }
@@ -536,7 +536,7 @@ void kiln_proc_trim(struct kiln_proc *p)
 void kiln_proc_drain(struct kiln_proc *p)
 {
     kiln_msg *m;
-    while ((m = kiln_mb_pop_wait(&p->mb))) {
+    while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc))) {
         m = handle_incoming(p, m);
         if (m)
             kiln_save_append(p, m);
@@ -568,7 +568,7 @@ kiln_msg *kiln_proc_next_message(struct kiln_proc *p)
             kiln_msg_free(m);
             continue;
         }
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        kiln_proc_took(p);
         return m;
     }
 }

@@ -29,7 +29,7 @@ static void *produce(void *arg)
         kiln_msg *m = kiln_msg_new_words(1);
         m->aux32 = p->id;
         m->root = kiln_small(i);
-        if (kiln_mb_push(&p->s->mb, m) == KILN_MB_WAS_IDLE) {
+        if (kiln_mb_push(&p->s->mb.p, m) == KILN_MB_WAS_IDLE) {
             atomic_fetch_add(&p->s->wakes, 1);
             /* Exactly one pusher per idle period may see the bit. */
             int was = atomic_exchange(&p->s->scheduled, 1);
@@ -44,7 +44,7 @@ static void test_many_producers_exactly_once_in_order(void **state)
 {
     (void)state;
     struct shared *s = calloc(1, sizeof(*s));
-    kiln_mb_init(&s->mb);
+    kiln_mb_init(&s->mb.p, &s->mb.c);
     atomic_store(&s->scheduled, 1); /* starts active, as after spawn */
     pthread_t th[PRODUCERS];
     struct producer pr[PRODUCERS];
@@ -55,11 +55,11 @@ static void test_many_producers_exactly_once_in_order(void **state)
     int64_t next[PRODUCERS] = {0};
     long got = 0, idles = 0;
     while (got < (long)PRODUCERS * PER_PRODUCER) {
-        kiln_msg *m = kiln_mb_pop_wait(&s->mb);
+        kiln_msg *m = kiln_mb_pop_wait(&s->mb.p, &s->mb.c);
         if (!m) {
             /* Empty: try to go idle; if that works wait to be "scheduled". */
             atomic_store(&s->scheduled, 0);
-            if (kiln_mb_try_idle(&s->mb)) {
+            if (kiln_mb_try_idle(&s->mb.p, &s->mb.c)) {
                 idles++;
                 while (!atomic_load(&s->scheduled))
                     ;
@@ -80,7 +80,7 @@ static void test_many_producers_exactly_once_in_order(void **state)
         assert_int_equal(next[i], PER_PRODUCER);
     }
     assert_int_equal(atomic_load(&s->wakes), idles);
-    assert_null(kiln_mb_pop_wait(&s->mb));
+    assert_null(kiln_mb_pop_wait(&s->mb.p, &s->mb.c));
     free(s);
 }
 
@@ -88,18 +88,18 @@ static void test_idle_then_push_reports_idle_once(void **state)
 {
     (void)state;
     struct kiln_mailbox mb;
-    kiln_mb_init(&mb);
-    assert_true(kiln_mb_try_idle(&mb));
-    assert_true(kiln_mb_is_idle(&mb));
+    kiln_mb_init(&mb.p, &mb.c);
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
+    assert_true(kiln_mb_is_idle(&mb.p));
     kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1);
-    assert_int_equal(kiln_mb_push(&mb, a), KILN_MB_WAS_IDLE);
-    assert_int_equal(kiln_mb_push(&mb, b), KILN_MB_WAS_ACTIVE);
+    assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_IDLE);
+    assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_ACTIVE);
     /* Not empty: cannot go idle. */
-    assert_false(kiln_mb_try_idle(&mb));
-    assert_ptr_equal(kiln_mb_pop_wait(&mb), a);
-    assert_ptr_equal(kiln_mb_pop_wait(&mb), b);
-    assert_null(kiln_mb_pop_wait(&mb));
-    assert_true(kiln_mb_try_idle(&mb));
+    assert_false(kiln_mb_try_idle(&mb.p, &mb.c));
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), a);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), b);
+    assert_null(kiln_mb_pop_wait(&mb.p, &mb.c));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     kiln_msg_free(a);
     kiln_msg_free(b);
 }
@@ -108,15 +108,15 @@ static void test_dead_mailbox_never_schedules(void **state)
 {
     (void)state;
     struct kiln_mailbox mb;
-    kiln_mb_init(&mb);
-    assert_true(kiln_mb_try_idle(&mb));
-    kiln_mb_mark_dead(&mb);
+    kiln_mb_init(&mb.p, &mb.c);
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
+    kiln_mb_mark_dead(&mb.p);
     kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1);
-    assert_int_equal(kiln_mb_push(&mb, a), KILN_MB_WAS_DEAD);
-    assert_int_equal(kiln_mb_push(&mb, b), KILN_MB_WAS_ACTIVE);
+    assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_DEAD);
+    assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_ACTIVE);
     /* Whoever reclaims the dead process still finds both, in order. */
-    assert_ptr_equal(kiln_mb_pop_wait(&mb), a);
-    assert_ptr_equal(kiln_mb_pop_wait(&mb), b);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), a);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), b);
     kiln_msg_free(a);
     kiln_msg_free(b);
 }
