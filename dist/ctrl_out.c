@@ -328,6 +328,23 @@ static size_t put_refs(kiln_frames *f, kiln_out_cache *cache, uint8_t *d)
     return kiln_out_refs_header(f->refs, cache, d);
 }
 
+/* A one-frame message's length and header ('p', or 131,68 and the refs)
+ * into d, for a body of blen bytes after them; the header's length. */
+static size_t put_head(kiln_frames *f, kiln_out_cache *cache, bool header, uint8_t *d, size_t blen)
+{
+    size_t hl;
+    if (header) {
+        d[4] = 131;
+        d[5] = 68;
+        hl = 2 + put_refs(f, cache, d + 6);
+    } else {
+        d[4] = 'p';
+        hl = 1;
+    }
+    put32(d, hl + blen);
+    return hl;
+}
+
 kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache)
 {
     uint64_t flags = f->flags;
@@ -340,16 +357,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
         goto out; /* refs against no cache would go stale: a caller's bug */
     if (f->is_small) {
         uint8_t fb[SMALL_FRAME];
-        size_t hl;
-        if (header) {
-            fb[4] = 131;
-            fb[5] = 68;
-            hl = 2 + put_refs(f, cache, fb + 6);
-        } else {
-            fb[4] = 'p';
-            hl = 1;
-        }
-        put32(fb, hl + clen + mlen);
+        size_t hl = put_head(f, cache, header, fb, clen + mlen);
         memcpy(fb + 4 + hl, f->small, clen + mlen);
         size_t total = 4 + hl + clen + mlen;
         kiln_msg *m = kiln_msg_new(total + 64);
@@ -370,16 +378,7 @@ kiln_msg *kiln_frames_finish(kiln_node *n, kiln_frames *f, kiln_out_cache *cache
         uint8_t *hb = room <= sizeof h ? h : kiln_malloc(room);
         if (!hb)
             goto out;
-        size_t hl;
-        if (header) {
-            hb[4] = 131;
-            hb[5] = 68;
-            hl = 2 + put_refs(f, cache, hb + 6);
-        } else {
-            hb[4] = 'p';
-            hl = 1;
-        }
-        put32(hb, hl + clen + mlen);
+        size_t hl = put_head(f, cache, header, hb, clen + mlen);
         memcpy(hb + 4 + hl, kiln_bin_data(cb), clen);
         kiln_msg *m = frame_msg(hb, 4 + hl + clen, f, 0, mlen);
         if (hb != h)

@@ -451,12 +451,17 @@ static bool fast_send(const uint8_t *p, size_t len, size_t *off, const kiln_term
     return true;
 }
 
-int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
-                     kiln_frame *out)
+static void frame_clear(kiln_frame *out)
 {
     out->ctrl = out->msg = NULL;
     out->op = 0;
     out->to = KILN_NONE;
+}
+
+int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
+                     kiln_frame *out)
+{
+    frame_clear(out);
     if (len >= 2 && p[0] == 131 && p[1] == 69)
         return first_fragment(s, p, len, opts, out);
     if (len >= 2 && p[0] == 131 && p[1] == 70)
@@ -525,8 +530,6 @@ bool kiln_frame_slice_room(kiln_frame_state *s, const uint8_t *hdr, size_t len, 
 int kiln_frame_parse_placed(kiln_frame_state *s, const uint8_t *hdr, size_t len, const kiln_etf_decode_opts *opts,
                             kiln_frame *out)
 {
-    out->ctrl = out->msg = NULL;
-    out->op = 0;
-    out->to = KILN_NONE;
+    frame_clear(out);
     return next_fragment(s, hdr, len, opts, out, true);
 }
