@@ -200,6 +200,15 @@ static int recv_some(struct kiln_conn *c, uint8_t *dst, size_t room, unsigned ti
     }
 }
 
+/* A frame's dispatch result; an error (the connection closes) is logged. */
+static int refused(const struct kiln_conn *c, int rc)
+{
+    if (rc != KILN_OK)
+        fprintf(stderr, "kiln: bad distribution message from %s (%s); closing the connection\n", c->peer_text,
+                kiln_strerror(rc));
+    return rc;
+}
+
 /* Slices at least this big are received straight into their message's
  * reassembly buffer: no copy through the read buffer. */
 #define PLACED_MIN (16u * 1024u)
@@ -248,12 +257,8 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
                 break;
             }
             if (len) { /* zero-length frames are ticks */
-                rc = kiln_ctrl_dispatch(n, c, q + 4, len);
-                if (rc != KILN_OK) {
-                    fprintf(stderr, "kiln: bad distribution message from %s (%s); closing the connection\n",
-                            c->peer_text, kiln_strerror(rc));
+                if ((rc = refused(c, kiln_ctrl_dispatch(n, c, q + 4, len))) != KILN_OK)
                     goto out;
-                }
             }
             off += 4 + (size_t)len;
         }
@@ -270,12 +275,8 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
             rc = fill_placed(c, buf, have, need - 4, dst, tick_ms, &silent, &closed);
             if (rc != KILN_OK || closed)
                 goto out;
-            rc = kiln_ctrl_dispatch_placed(n, c, buf + 4, need - 4);
-            if (rc != KILN_OK) {
-                fprintf(stderr, "kiln: bad distribution message from %s (%s); closing the connection\n",
-                        c->peer_text, kiln_strerror(rc));
+            if ((rc = refused(c, kiln_ctrl_dispatch_placed(n, c, buf + 4, need - 4))) != KILN_OK)
                 goto out;
-            }
             have = 0;
             continue;
         }

@@ -255,6 +255,24 @@ void kiln_frames_discard(kiln_frames *f)
  * term, message). */
 #define SMALL_FRAME 512
 
+/* The most a one-frame message's length and header can take. */
+static size_t head_max(const kiln_frames *f, bool header)
+{
+    return 4 + (f->refs ? 2 + f->refs->max_header : header ? 3 : 1);
+}
+
+/* The control term's bytes into a blob of their own, if they wait in
+ * f->small. */
+static int ctrl_to_blob(kiln_frames *f)
+{
+    if (f->cb)
+        return KILN_OK;
+    if (!(f->cb = kiln_bin_alloc(f->clen ? f->clen : 1)))
+        return KILN_ENOMEM;
+    memcpy(kiln_bin_data(f->cb), f->small, f->clen);
+    return KILN_OK;
+}
+
 int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term msg, kiln_frames *f)
 {
     memset(f, 0, offsetof(kiln_frames, small));
@@ -286,32 +304,25 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
         size_t mlen = kiln_etf_enc_size(e);
         struct etf_piece one;
         size_t np = etf_enc_pieces(e, &one, 1);
-        size_t hmax = f->refs ? 2 + f->refs->max_header : header ? 3 : 1;
         if (!f->cb && np <= 1 && !(np && one.blob) && f->clen + mlen <= sizeof f->small && mlen <= n->frag_size &&
-            4 + hmax + f->clen + mlen <= SMALL_FRAME) {
+            head_max(f, header) + f->clen + mlen <= SMALL_FRAME) {
             kiln_etf_enc_copy(e, f->small + f->clen);
             f->mlen = mlen;
             f->is_small = true;
             etf_enc_trim(e, ENC_KEEP);
             return KILN_OK;
         }
-        if (!f->cb) {
-            if (!(f->cb = kiln_bin_alloc(f->clen ? f->clen : 1))) {
-                etf_enc_trim(e, ENC_KEEP);
-                goto fail;
-            }
-            memcpy(kiln_bin_data(f->cb), f->small, f->clen);
+        if (ctrl_to_blob(f) != KILN_OK) {
+            etf_enc_trim(e, ENC_KEEP);
+            goto fail;
         }
         if (encode_pieces(e, f) != KILN_OK)
             goto fail;
         return KILN_OK;
     }
-    f->is_small = !f->cb && 4 + (f->refs ? 2 + f->refs->max_header : header ? 3 : 1) + f->clen <= SMALL_FRAME;
-    if (!f->is_small && !f->cb) {
-        if (!(f->cb = kiln_bin_alloc(f->clen ? f->clen : 1)))
-            goto fail;
-        memcpy(kiln_bin_data(f->cb), f->small, f->clen);
-    }
+    f->is_small = !f->cb && head_max(f, header) + f->clen <= SMALL_FRAME;
+    if (!f->is_small && ctrl_to_blob(f) != KILN_OK)
+        goto fail;
     return KILN_OK;
 fail:
     kiln_frames_discard(f);

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "dist/etf_internal.h"
 #include "runtime/alloc.h"
 #include "runtime/term_layout.h"
 
@@ -96,14 +97,6 @@ void kiln_frame_state_fini(kiln_frame_state *s)
 }
 
 /* ---- reading ---- */
-
-static uint64_t be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
 
 /* The atom-cache part of a distribution header at p[*off]: NumRefs, the
  * flag nibbles, then each ref, new ones entering the cache (brief §3). */
@@ -228,7 +221,7 @@ static int first_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, con
 {
     if (len < 2 + 16)
         return KILN_ETRUNCATED;
-    uint64_t id = be64(p + 2), frag = be64(p + 10);
+    uint64_t id = etf_get64(p + 2), frag = etf_get64(p + 10);
     size_t off = 18, nrefs, used;
     if (frag == 0)
         return KILN_EPROTO;
@@ -296,7 +289,7 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
 {
     if (len < 2 + 16)
         return KILN_ETRUNCATED;
-    uint64_t id = be64(p + 2), frag = be64(p + 10);
+    uint64_t id = etf_get64(p + 2), frag = etf_get64(p + 10);
     struct kiln_frag_seq **link;
     struct kiln_frag_seq *q = find_seq(s, id, &link);
     /* OTP too requires ids to count down by exactly one. */
@@ -404,11 +397,6 @@ static bool peek_atom(const uint8_t *p, size_t len, size_t *at, const kiln_term 
     return true;
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* A NEW_PID_EXT at p[*at]: its node, and the three numbers in w. */
 static bool peek_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs, kiln_term *node,
                      uint32_t w[3])
@@ -420,7 +408,7 @@ static bool peek_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *
     if (!peek_atom(p, len, &i, refs, nrefs, node) || len - i < 12)
         return false;
     for (int k = 0; k < 3; k++)
-        w[k] = be32(p + i + 4 * k);
+        w[k] = etf_get32(p + i + 4 * k);
     *at = i + 12;
     return true;
 }
@@ -516,11 +504,11 @@ bool kiln_frame_slice_room(kiln_frame_state *s, const uint8_t *hdr, size_t len, 
     if (len < 18 || hdr[0] != 131 || hdr[1] != 70)
         return false;
     struct kiln_frag_seq **link;
-    struct kiln_frag_seq *q = find_seq(s, be64(hdr + 2), &link);
+    struct kiln_frag_seq *q = find_seq(s, etf_get64(hdr + 2), &link);
     size_t slice = len - 18;
     /* Only where the slice fits as things stand: anything else (an error
      * too) takes kiln_frame_parse's way, which grows or refuses. */
-    if (!q || be64(hdr + 10) != q->expect || !q->bin || q->cap - q->len < slice ||
+    if (!q || etf_get64(hdr + 10) != q->expect || !q->bin || q->cap - q->len < slice ||
         s->pending_bytes + slice > MAX_PENDING)
         return false;
     *dst = kiln_bin_data(q->bin) + q->len;

@@ -40,6 +40,17 @@ static void put_term(buf *b, kiln_term t, bool whole)
     free(e);
 }
 
+/* A 131,68 frame without atom-cache refs: ctrl, then msg unless none. */
+static buf header_frame(kiln_term ctrl, kiln_term msg)
+{
+    buf b = {0};
+    put8(&b, 131), put8(&b, 68), put8(&b, 0);
+    put_term(&b, ctrl, false);
+    if (!kiln_is_none(msg))
+        put_term(&b, msg, false);
+    return b;
+}
+
 /* SEND's control tuple: {2, '', to}. The parser checks op and arity only. */
 static kiln_msg *send_ctrl(void) { return kiln_test_msg("{~i,~a,~a}", 2L, "", "to"); }
 
@@ -122,12 +133,7 @@ static void test_pass_through_and_header(void **state)
     assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(msg)), 0);
     kiln_frame_free(&f);
 
-    buf h = {0};
-    put8(&h, 131);
-    put8(&h, 68);
-    put8(&h, 0);
-    put_term(&h, kiln_msg_term(ctrl), false);
-    put_term(&h, kiln_msg_term(msg), false);
+    buf h = header_frame(kiln_msg_term(ctrl), kiln_msg_term(msg));
     assert_int_equal(parse(&s, &h, &f), KILN_OK);
     assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(msg)), 0);
     kiln_frame_free(&f);
@@ -181,10 +187,7 @@ static void test_send_to_local_pid(void **state)
             kiln_frame_state s;
             kiln_frame_state_init(&s);
             s.no_fast_send = plain;
-            buf h = {0};
-            put8(&h, 131), put8(&h, 68), put8(&h, 0);
-            put_term(&h, cases[i].ctrl, false);
-            put_term(&h, kiln_msg_term(m), false);
+            buf h = header_frame(cases[i].ctrl, kiln_msg_term(m));
             kiln_frame f;
             assert_int_equal(kiln_frame_parse(&s, h.p, h.len, &o, &f), KILN_OK);
             assert_int_equal(f.op, kiln_small_value(kiln_tuple_get(cases[i].ctrl, 0)));
@@ -197,9 +200,7 @@ static void test_send_to_local_pid(void **state)
             }
             kiln_frame_free(&f);
             /* Without its message, SEND is refused either way. */
-            buf c = {0};
-            put8(&c, 131), put8(&c, 68), put8(&c, 0);
-            put_term(&c, cases[i].ctrl, false);
+            buf c = header_frame(cases[i].ctrl, KILN_NONE);
             if (kiln_small_value(kiln_tuple_get(cases[i].ctrl, 0)) != 6)
                 assert_int_equal(kiln_frame_parse(&s, c.p, c.len, &o, &f), KILN_EPROTO);
             free(h.p), free(c.p);
