@@ -1,7 +1,7 @@
 /* The Kiln half of the benchmarks: the same scenarios as
  * perf/erlang/perf_bench.erl, driven by perf/run.
  *
- *   kiln_bench SCENARIO [--quick] [--reps N] [--workers N]
+ *   kiln_bench SCENARIO [--quick] [--reps N] [--workers N] [--send-budget N]
  *   kiln_bench SCENARIO_remote ... --node NAME --peer NODE [--cookie C]
  *   kiln_bench --serve NAME [--cookie C] [--workers N]
  *   kiln_bench --list
@@ -60,6 +60,7 @@ static struct {
     bool quick;
     int reps;
     unsigned workers;
+    unsigned send_budget; /* 0: the runtime's default */
     kiln_rt *rt;
     /* Distribution (the *_remote scenarios and --serve). */
     const char *node_name, *peer, *cookie;
@@ -115,6 +116,7 @@ static void start_rt(void)
     kiln_rt_config cfg;
     kiln_rt_config_init(&cfg);
     cfg.workers = g.workers;
+    cfg.send_budget = g.send_budget;
     int rc = kiln_rt_start(&cfg, &g.rt);
     if (rc != KILN_OK)
         die("kiln_rt_start", rc);
@@ -441,13 +443,15 @@ static const kiln_behaviour ow_receiver_behaviour = {
 
 static void ow_sender(void *arg)
 {
-    const struct ow_sender_arg *a = arg;
-    for (uint64_t i = 0; i < a->n; i++) {
+    /* Copied: a send may yield, and the last one can return after the
+     * count was reached and the next run has rewritten *arg. */
+    const struct ow_sender_arg a = *(const struct ow_sender_arg *)arg;
+    for (uint64_t i = 0; i < a.n; i++) {
         kiln_msg *m = kiln_msg_new(0);
         if (!m)
             die("kiln_msg_new", KILN_ENOMEM);
         kiln_msg_set_term(m, kiln_small(1));
-        int rc = kiln_send(a->dest, m);
+        int rc = kiln_send(a.dest, m);
         if (rc != KILN_OK)
             die("kiln_send", rc);
     }
@@ -1629,7 +1633,7 @@ static const struct scenario scenarios[] = {
 
 static _Noreturn void usage(void)
 {
-    fprintf(stderr, "usage: kiln_bench SCENARIO [--quick] [--reps N] [--workers N]\n"
+    fprintf(stderr, "usage: kiln_bench SCENARIO [--quick] [--reps N] [--workers N] [--send-budget N]\n"
                     "                  [--node NAME --peer NODE] [--cookie C] [--fragment-size B]   (*_remote)\n"
                     "       kiln_bench --serve NAME [--cookie C] [--workers N]\n"
                     "       kiln_bench --list\n");
@@ -1655,6 +1659,8 @@ int main(int argc, char **argv)
                 usage();
         } else if (strcmp(a, "--workers") == 0 && i + 1 < argc) {
             g.workers = (unsigned)atoi(argv[++i]);
+        } else if (strcmp(a, "--send-budget") == 0 && i + 1 < argc) {
+            g.send_budget = (unsigned)strtoul(argv[++i], NULL, 10);
         } else if (strcmp(a, "--serve") == 0 && i + 1 < argc) {
             serving = true;
             g.node_name = argv[++i];

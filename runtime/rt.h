@@ -174,6 +174,7 @@ struct kiln_worker {
     bool spinning;
     uint32_t tick;
     uint32_t next_streak;             /* runnext picks in a row */
+    uint32_t run_sends;               /* sends by the running process this run */
     uint64_t rng;
     _Atomic uint32_t parked;          /* futex word: 1 while asleep */
     _Atomic int polling;              /* asleep on the I/O ring, not the futex */

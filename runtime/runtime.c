@@ -25,6 +25,8 @@ static void apply_defaults(kiln_rt_config *c)
         c->stack_size = 64u << 10;
     if (!c->batch_budget)
         c->batch_budget = 64;
+    if (!c->send_budget)
+        c->send_budget = c->batch_budget;
     if (!c->blocking_threads)
         c->blocking_threads = 4;
 }

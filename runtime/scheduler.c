@@ -557,6 +557,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
     bool own = (p->fiber == f);
     w->running = p;
     w->cur_fiber = f;
+    w->run_sends = 0;
     atomic_store_explicit(&p->status, KILN_PS_RUNNING, memory_order_relaxed);
     uint64_t t0 = rt->cfg.long_schedule_ms ? now_ns() : 0;
 

@@ -83,14 +83,24 @@ int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg)
 
 int kiln_send(kiln_term to, kiln_msg *msg)
 {
-    kiln_rt *rt = kiln_current_rt();
-    if (!rt) {
+    struct kiln_worker *w = kiln_current_worker();
+    struct kiln_proc *p = w ? w->running : NULL;
+    if (!p) {
         kiln_msg_free(msg);
         return KILN_ENOTPROC;
     }
-    struct kiln_proc *p = kiln_current_proc();
+    kiln_rt *rt = p->rt;
     /* Forwarding the borrowed message: the handler no longer owns it. */
     if (p->current == msg)
         p->current = NULL;
-    return kiln_rt_send(rt, to, msg);
+    int rc = kiln_rt_send(rt, to, msg);
+    /* A function process that only sends never blocks, so without this it
+     * would hold its worker until it is done: its receivers (often queued
+     * on that same worker) wait while their mailboxes grow by millions of
+     * messages, each a fresh page of memory, instead of being handled
+     * while still in cache. Erlang charges reductions for a send for the
+     * same reason. Behaviour handlers are bounded by batch_budget. */
+    if ((p->flags & KILN_PF_FN) && ++w->run_sends >= rt->cfg.send_budget)
+        kiln_sched_switch_out(p, KILN_V_YIELD_STACK);
+    return rc;
 }

@@ -82,7 +82,9 @@ kiln_rt *kiln_current_rt(void);
 /* Send msg to a pid, a registered name (atom) or an alias (reference).
  * Ownership of msg passes to the runtime in every case, also on error.
  * Sending to a dead pid is not an error (Erlang semantics: the message is
- * dropped); sending to an unregistered name is KILN_EBADARG, as in Erlang. */
+ * dropped); sending to an unregistered name is KILN_EBADARG, as in Erlang.
+ * In a function process, every send_budget-th send in one run yields the
+ * worker to other processes before it returns (kiln_rt_config). */
 int kiln_send(kiln_term to, kiln_msg *msg);
 /* Same, from any thread, naming the runtime. */
 int kiln_rt_send(kiln_rt *rt, kiln_term to, kiln_msg *msg);

@@ -24,6 +24,9 @@ typedef struct kiln_rt_config {
     size_t max_processes;      /* process table size; 0 = 4194304 */
     size_t stack_size;         /* bytes per process stack; 0 = 64 KiB */
     unsigned batch_budget;     /* messages handled per run before yielding; 0 = 64 */
+    unsigned send_budget;      /* sends a function process makes per run before kiln_send
+                                * yields its worker (a send costs reductions in Erlang);
+                                * 0 = batch_budget, UINT_MAX = never (kiln/process.h) */
     unsigned blocking_threads; /* threads for kiln_blocking; 0 = 4 */
     uint64_t long_schedule_ms; /* 0 = no long-schedule reports */
     kiln_long_schedule_fn long_schedule;

@@ -3,6 +3,7 @@
  * is clean with processes in every state. */
 #include "testutil.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -110,6 +111,58 @@ static void test_flooding_process_does_not_starve_others(void **state)
     kiln_rt_stop(rt);
     free(f);
     free(v);
+}
+
+/* A function process that only sends never blocks: each kiln_send counts
+ * against send_budget, and when that is spent the sender yields, so the
+ * receiver on its worker handles messages during the flood instead of
+ * after it (and its mailbox stays short). */
+struct sendflood {
+    kiln_term to;
+    long n;
+    _Atomic long handled_at_end; /* the receiver's count when the last send returned */
+    _Atomic int done;
+};
+static struct pong sendflood_rx;
+
+static void sendflood_main(void *arg)
+{
+    struct sendflood *sf = arg;
+    for (long i = 0; i < sf->n; i++)
+        assert_int_equal(kiln_send(sf->to, kiln_test_msg("x")), KILN_OK);
+    atomic_store(&sf->handled_at_end, atomic_load(&sendflood_rx.handled));
+    atomic_store(&sf->done, 1);
+}
+
+static long sendflood_run(unsigned send_budget)
+{
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.send_budget = send_budget;
+    /* One worker: the sender and the receiver must share it. */
+    kiln_rt *rt = kiln_test_rt(1, &cfg);
+    atomic_store(&sendflood_rx.handled, 0);
+    struct sendflood sf = {.n = 20000};
+    assert_int_equal(kiln_spawn(rt, &pong_beh, &sendflood_rx, NULL, &sf.to), KILN_OK);
+    assert_int_equal(kiln_spawn_fn(rt, sendflood_main, &sf, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&sf.done, 10000));
+    assert_true(kiln_test_wait_count(&sendflood_rx.handled, sf.n, 10000));
+    kiln_rt_stop(rt);
+    return atomic_load(&sf.handled_at_end);
+}
+
+static void test_sending_function_process_yields(void **state)
+{
+    (void)state;
+    /* The receiver handles up to batch_budget (64) per run and the sender
+     * sends 64 per run, so it lags by a few runs' worth at most. */
+    long handled = sendflood_run(0);
+    print_message("default budget: receiver had handled %ld of 20000 when the sender finished\n", handled);
+    assert_true(handled >= 20000 - 4 * 64);
+    /* UINT_MAX: the sender keeps its worker until it is done. */
+    handled = sendflood_run(UINT_MAX);
+    print_message("no budget: receiver had handled %ld of 20000\n", handled);
+    assert_int_equal(handled, 0);
 }
 
 /* Two processes that wake each other pass the worker back and forth
@@ -320,6 +373,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_runtime_uses_no_cpu),
         cmocka_unit_test(test_flooding_process_does_not_starve_others),
+        cmocka_unit_test(test_sending_function_process_yields),
         cmocka_unit_test(test_runnext_pair_does_not_starve_local_queue),
         cmocka_unit_test(test_long_handler_is_reported_with_pid),
         cmocka_unit_test(test_work_spreads_over_workers),
