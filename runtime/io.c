@@ -268,6 +268,7 @@ int kiln_io_sendv(int fd, const struct iovec *iov, int iovcnt, int64_t timeout_m
     if (iovcnt < 0 || (iovcnt > 0 && !iov))
         return KILN_EINVAL;
     uint64_t deadline = kiln_io_deadline(timeout_ms);
+    kiln_sched_before_syscall();
     /* The back end may send less than asked: walk on through the array. */
     struct iovec local[64];
     while (iovcnt > 0) {

@@ -9,20 +9,26 @@
 #include "alloc.h"
 
 
-/* One freed small message kept per thread for the next allocation. Most
- * messages die on the thread that receives them, which then builds the
- * next one of the same shape (a reply, the next decoded term); reusing the
- * block skips the allocator's work on both ends (small-term decode: ~8%).
- * Sanitizer builds go straight to malloc, so ASan still sees every
- * use-after-free. A thread that exits hands its block back (the key's
- * destructor). */
+/* Freed small messages kept per thread for the next allocations, up to
+ * SPARE_COUNT blocks of one size. Most messages die on the thread that
+ * receives them, which then builds the next ones of the same shape (a
+ * reply, the next decoded term, the next of a stream of sends whose
+ * receiver runs on the same worker); reusing the blocks skips the
+ * allocator's work on both ends (small-term decode: ~8% with one block;
+ * one-way sends: see docs/design.md). A block of another size goes back
+ * to the allocator unless the stack is empty, when that size becomes the
+ * one kept. Sanitizer builds go straight to malloc, so ASan still sees
+ * every use-after-free. A thread that exits hands its blocks back (the
+ * key's destructor). */
 #if defined(KILN_ASAN) || defined(KILN_TSAN)
 #define SPARE_MAX 0
 #else
 #define SPARE_MAX 512
 #endif
+#define SPARE_COUNT 64
 
-static _Thread_local void *spare;
+static _Thread_local void *spares[SPARE_COUNT];
+static _Thread_local unsigned spare_n;
 static _Thread_local size_t spare_size;
 static _Thread_local bool spare_keyed;
 static pthread_key_t spare_key;
@@ -31,9 +37,8 @@ static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
 static void spare_release(void *unused)
 {
     (void)unused;
-    if (spare)
-        kiln_free_sized(spare, spare_size);
-    spare = NULL;
+    while (spare_n)
+        kiln_free_sized(spares[--spare_n], spare_size);
 }
 
 static void spare_key_init(void) { (void)pthread_key_create(&spare_key, spare_release); }
@@ -46,12 +51,11 @@ kiln_msg *kiln_msg_new_words(size_t n)
         return NULL;
     size_t need = sizeof(kiln_msg) + n * 8;
     kiln_msg *m;
-    if (spare && need == spare_size) {
+    if (spare_n && need == spare_size) {
         /* The same size only: a message's arena is what was asked for
          * (the decoder's sizing is exact), and the block is freed at the
          * size it was allocated with. */
-        m = spare;
-        spare = NULL;
+        m = spares[--spare_n];
     } else {
         m = kiln_malloc_sized(need);
     }
@@ -97,7 +101,7 @@ void kiln_msg_free(kiln_msg *m)
     size_t size = sizeof(kiln_msg) + m->inline_words * 8;
     if (size <= SPARE_MAX) {
         if (!spare_keyed) {
-            /* Once per thread: so that its exit frees the spare. */
+            /* Once per thread: so that its exit frees the spares. */
             pthread_once(&spare_once, spare_key_init);
             spare_keyed = pthread_setspecific(spare_key, &spare_keyed) == 0;
             if (!spare_keyed) {
@@ -105,11 +109,12 @@ void kiln_msg_free(kiln_msg *m)
                 return;
             }
         }
-        if (spare)
-            kiln_free_sized(spare, spare_size);
-        spare = m;
-        spare_size = size;
-        return;
+        if (!spare_n)
+            spare_size = size;
+        if (size == spare_size && spare_n < SPARE_COUNT) {
+            spares[spare_n++] = m;
+            return;
+        }
     }
     kiln_free_sized(m, size);
 }

@@ -270,6 +270,10 @@ void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next);
 /* Called by a process on its fiber: give the CPU back with a verdict. Returns
  * when the process is resumed (for BLOCKED/YIELD). */
 void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v);
+/* The running process is about to make a system call that does real work
+ * (a socket send): if others wait on this worker, an idle worker is woken
+ * to take them meanwhile. Yields do not wake anyone (scheduler.c). */
+void kiln_sched_before_syscall(void);
 void kiln_sched_wake_one(kiln_rt *rt);
 void kiln_sched_kick_worker(struct kiln_worker *w);
 

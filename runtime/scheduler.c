@@ -358,6 +358,24 @@ void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next)
     kiln_sched_wake_one(rt);
 }
 
+/* A process that yielded goes to the back of its worker's queue with no
+ * wake-up: nothing new became runnable. Waking an idle worker here only
+ * gave it the yielding process to steal, which then ran on the other
+ * core from the processes it feeds (see docs/design.md, "Sends count"). */
+static void requeue(struct kiln_worker *w, struct kiln_proc *p)
+{
+    atomic_store_explicit(&p->status, KILN_PS_RUNNABLE, memory_order_relaxed);
+    if (!kiln_runq_push(&w->runq, p))
+        kiln_sched_ready(w->rt, p, false); /* overflow: the global queue, and a wake-up */
+}
+
+void kiln_sched_before_syscall(void)
+{
+    struct kiln_worker *w = kiln_current_worker();
+    if (w && (kiln_runq_len(&w->runq) || atomic_load_explicit(&w->runnext, memory_order_relaxed)))
+        kiln_sched_wake_one(w->rt);
+}
+
 /* ---- finding work ---- */
 
 static struct kiln_proc *steal_work(struct kiln_worker *w)
@@ -603,7 +621,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
     }
 
     if (v == KILN_V_YIELD || v == KILN_V_YIELD_STACK) {
-        kiln_sched_ready(rt, p, false);
+        requeue(w, p);
         return;
     }
     /* IDLE or BLOCKED: sleep unless something arrived meanwhile. Done here,
