@@ -312,9 +312,12 @@ int kiln_io_send(int fd, const void *buf, size_t len, int64_t timeout_ms)
 int kiln_io_close(int fd)
 {
     struct kiln_proc *p = kiln_current_proc();
-    if (p && p->rt->io)
+    const void *told = NULL;
+    if (p && p->rt->io) {
         p->rt->io->ops->forget_fd(p->rt, fd);
+        told = p->rt->io->impl;
+    }
     /* The socket may belong to another runtime of this OS process. */
-    kiln_io_uring_forget_anywhere(fd);
+    kiln_io_uring_forget_anywhere(fd, told);
     return close(fd) == 0 ? KILN_OK : KILN_ESYS;
 }

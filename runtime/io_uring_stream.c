@@ -529,11 +529,12 @@ void kiln_uring_rx_stop(struct uring_impl *u)
     pthread_mutex_unlock(&rx->table_lock);
 }
 
-void kiln_io_uring_forget_anywhere(int fd)
+void kiln_io_uring_forget_anywhere(int fd, const void *told)
 {
     pthread_mutex_lock(&live_lock);
     for (struct uring_impl *u = live_head; u; u = u->rx.next_live)
-        kiln_uring_rx_forget(u, fd);
+        if ((const void *)u != told)
+            kiln_uring_rx_forget(u, fd);
     pthread_mutex_unlock(&live_lock);
 }
 
