@@ -276,6 +276,8 @@ static void stop_spinning(struct kiln_worker *w)
     }
 }
 
+#define PARK_MAX_MS 50
+
 static void park(struct kiln_worker *w, uint64_t timeout_ms)
 {
     kiln_rt *rt = w->rt;
@@ -293,32 +295,25 @@ static void park(struct kiln_worker *w, uint64_t timeout_ms)
     kiln_full_fence();
     if (!atomic_load(&rt->stopping) && !any_work_visible(rt)) {
         KILN_STAT_INC(w->parks);
-        struct timespec ts, *tsp = NULL;
-        if (timeout_ms != UINT64_MAX) {
-            ts.tv_sec = (time_t)(timeout_ms / 1000);
-            ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
-            tsp = &ts;
-        }
+        /* No sleep lasts longer than PARK_MAX_MS. A process that yields is
+         * requeued without waking anyone (requeue), so two busy processes
+         * can end up sharing one worker while this one sleeps; the next
+         * look steals one of them, as Erlang's periodic balancing would.
+         * The looks also bound how long a long run on the first worker (or
+         * a glance that kept it off the ring) can hold completions back. */
+        if (timeout_ms > PARK_MAX_MS)
+            timeout_ms = PARK_MAX_MS;
+        struct timespec ts = {(time_t)(timeout_ms / 1000), (long)(timeout_ms % 1000) * 1000000L};
         bool on_ring = false;
-        if (io_reaps(rt)) {
-            /* The first worker sleeps on the ring: a completion wakes it
-             * directly, and so does the scheduler (interrupt_io_wait).
-             * Keeping it on one worker keeps the processes it wakes there
-             * (measured: 0.45-0.6 of the old remote call time, against
-             * 0.65-0.9 when any parked worker took the ring). */
-            if (w->index == 0)
-                on_ring = io_take(w, timeout_ms == UINT64_MAX ? -1 : (int64_t)timeout_ms, true);
-            if (!on_ring && (!tsp || timeout_ms > 50)) {
-                /* The others glance at the ring at least this often, so
-                 * that a long run on the first worker (or a glance that
-                 * kept it off the ring) delays completions by no more. */
-                ts.tv_sec = 0;
-                ts.tv_nsec = 50 * 1000000L;
-                tsp = &ts;
-            }
-        }
+        /* The first worker sleeps on the ring: a completion wakes it
+         * directly, and so does the scheduler (interrupt_io_wait). Keeping
+         * it on one worker keeps the processes it wakes there (measured:
+         * 0.45-0.6 of the old remote call time, against 0.65-0.9 when any
+         * parked worker took the ring). */
+        if (io_reaps(rt) && w->index == 0)
+            on_ring = io_take(w, (int64_t)timeout_ms, true);
         while (!on_ring && atomic_load(&w->parked) == 1 && !atomic_load(&rt->stopping)) {
-            long r = futex(&w->parked, FUTEX_WAIT, 1, tsp);
+            long r = futex(&w->parked, FUTEX_WAIT, 1, &ts);
             if (r != 0 && errno == ETIMEDOUT)
                 break;
         }

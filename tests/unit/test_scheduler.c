@@ -165,6 +165,80 @@ static void test_sending_function_process_yields(void **state)
     assert_int_equal(handled, 0);
 }
 
+/* Two busy processes that yield, the second woken by a message from the
+ * first: it waits in the first's runnext, and a yield wakes nobody, so
+ * both share one worker while the other sleeps. That worker's periodic
+ * look (at most every 50 ms, on either I/O back end) must still take one
+ * of them. They count the moments both were running at once: never while
+ * they share a worker. */
+struct busy_pair {
+    _Atomic int running[2];
+    _Atomic long overlaps;
+    _Atomic int stop;
+    kiln_term second;
+};
+
+static void busy_slices(struct busy_pair *bp, int me, double seconds)
+{
+    double end = wall_seconds() + seconds;
+    while (!atomic_load(&bp->stop) && wall_seconds() < end) {
+        atomic_store(&bp->running[me], 1);
+        double t0 = wall_seconds();
+        bool seen = false;
+        while (wall_seconds() - t0 < 0.0002)
+            seen |= atomic_load(&bp->running[1 - me]) != 0;
+        atomic_store(&bp->running[me], 0);
+        if (seen)
+            atomic_fetch_add(&bp->overlaps, 1);
+        kiln_yield();
+    }
+}
+
+static void busy_second(void *arg)
+{
+    struct busy_pair *bp = arg;
+    kiln_msg *go;
+    assert_int_equal(kiln_receive(kiln_test_any, NULL, -1, &go), KILN_OK);
+    kiln_msg_free(go);
+    busy_slices(bp, 1, 10);
+}
+
+static void busy_first(void *arg)
+{
+    struct busy_pair *bp = arg;
+    /* Alone for a while, so the other worker gives up and sleeps. */
+    busy_slices(bp, 0, 0.2);
+    kiln_send(bp->second, kiln_test_msg("go"));
+    busy_slices(bp, 0, 10);
+}
+
+static void busy_pair_run(int backend)
+{
+    kiln_rt_config cfg;
+    kiln_rt_config_init(&cfg);
+    cfg.io_backend = backend;
+    kiln_rt *rt = kiln_test_rt(2, &cfg);
+    struct busy_pair *bp = calloc(1, sizeof(*bp));
+    assert_int_equal(kiln_spawn_fn(rt, busy_second, bp, NULL, &bp->second), KILN_OK);
+    usleep(50000); /* blocked in its receive */
+    assert_int_equal(kiln_spawn_fn(rt, busy_first, bp, NULL, NULL), KILN_OK);
+    long seen = 0;
+    for (int i = 0; i < 300 && (seen = atomic_load(&bp->overlaps)) < 20; i++)
+        usleep(10000);
+    print_message("backend %d: both busy at once %ld times\n", backend, seen);
+    atomic_store(&bp->stop, 1);
+    kiln_rt_stop(rt);
+    free(bp);
+    assert_true(seen >= 20);
+}
+
+static void test_parked_worker_takes_a_share_of_busy_pair(void **state)
+{
+    (void)state;
+    busy_pair_run(KILN_IO_AUTO);
+    busy_pair_run(KILN_IO_EPOLL);
+}
+
 /* Two processes that wake each other pass the worker back and forth
  * through runnext; a process they woke earlier waits in the local queue
  * and must still get its turn. */
@@ -374,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_idle_runtime_uses_no_cpu),
         cmocka_unit_test(test_flooding_process_does_not_starve_others),
         cmocka_unit_test(test_sending_function_process_yields),
+        cmocka_unit_test(test_parked_worker_takes_a_share_of_busy_pair),
         cmocka_unit_test(test_runnext_pair_does_not_starve_local_queue),
         cmocka_unit_test(test_long_handler_is_reported_with_pid),
         cmocka_unit_test(test_work_spreads_over_workers),
