@@ -48,6 +48,9 @@ static void writer_main(void *arg)
     struct writer_arg *wa = arg;
     static const uint8_t tick[4] = {0, 0, 0, 0};
     struct iovec iov[WRITE_IOV];
+    /* Processes that send on this connection and are queued on the same
+     * worker run before the writer does, so their frames share a write. */
+    kiln_proc_defer_wakeups();
     for (;;) {
         kiln_msg *m;
         int rc = kiln_receive(NULL, NULL, wa->tick_ms, &m);

@@ -58,9 +58,15 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
         atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
     }
     switch (kiln_mb_push(&p->mb, m)) {
-    case KILN_MB_WAS_IDLE:
-        kiln_sched_ready(rt, p, kiln_current_proc() != NULL);
+    case KILN_MB_WAS_IDLE: {
+        struct kiln_worker *w = kiln_current_worker();
+        bool from_proc = w && w->rt == rt && w->running;
+        if (from_proc && (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_DEFER))
+            kiln_sched_requeue(w, p);
+        else
+            kiln_sched_ready(rt, p, from_proc);
         break;
+    }
     case KILN_MB_WAS_ACTIVE:
     case KILN_MB_WAS_DEAD: /* reclaimed with the process after its grace period */
         break;
@@ -347,6 +353,13 @@ void kiln_proc_free(struct kiln_proc *p)
         kiln_free(p->ext);
     }
     kiln_free(p);
+}
+
+void kiln_proc_defer_wakeups(void)
+{
+    struct kiln_proc *p = kiln_current_proc();
+    if (p)
+        atomic_fetch_or_explicit(&p->flags, KILN_PF_DEFER, memory_order_relaxed);
 }
 
 /* ---- small queries ---- */

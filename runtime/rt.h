@@ -39,7 +39,8 @@ enum kiln_proc_flag {
     KILN_PF_FN = 1u << 1,         /* runs a function on its own fiber */
     KILN_PF_STARTED = 1u << 2,    /* init has run */
     KILN_PF_EXITING = 1u << 3,
-    KILN_PF_STOP = 1u << 4        /* a handler asked to stop */
+    KILN_PF_STOP = 1u << 4,       /* a handler asked to stop */
+    KILN_PF_DEFER = 1u << 5       /* made runnable: after what its waker's worker has queued */
 };
 
 /* A link kept by a process. Local pids are immediates; a remote pid is a
@@ -274,6 +275,13 @@ void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v);
  * (a socket send): if others wait on this worker, an idle worker is woken
  * to take them meanwhile. Yields do not wake anyone (scheduler.c). */
 void kiln_sched_before_syscall(void);
+/* The calling process, when a message makes it runnable, goes to the back
+ * of the sender's worker queue rather than next in line: for a process
+ * that batches what others send it (a connection's writer), so that the
+ * senders queued there add to the batch first. */
+void kiln_proc_defer_wakeups(void);
+/* Queue p at the back of worker w's queue without waking anyone. */
+void kiln_sched_requeue(struct kiln_worker *w, struct kiln_proc *p);
 void kiln_sched_wake_one(kiln_rt *rt);
 void kiln_sched_kick_worker(struct kiln_worker *w);
 

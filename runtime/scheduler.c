@@ -296,7 +296,7 @@ static void park(struct kiln_worker *w, uint64_t timeout_ms)
     if (!atomic_load(&rt->stopping) && !any_work_visible(rt)) {
         KILN_STAT_INC(w->parks);
         /* No sleep lasts longer than PARK_MAX_MS. A process that yields is
-         * requeued without waking anyone (requeue), so two busy processes
+         * requeued without waking anyone (kiln_sched_requeue), so two busy processes
          * can end up sharing one worker while this one sleeps; the next
          * look steals one of them, as Erlang's periodic balancing would.
          * The looks also bound how long a long run on the first worker (or
@@ -357,7 +357,7 @@ void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next)
  * wake-up: nothing new became runnable. Waking an idle worker here only
  * gave it the yielding process to steal, which then ran on the other
  * core from the processes it feeds (see docs/design.md, "Sends count"). */
-static void requeue(struct kiln_worker *w, struct kiln_proc *p)
+void kiln_sched_requeue(struct kiln_worker *w, struct kiln_proc *p)
 {
     atomic_store_explicit(&p->status, KILN_PS_RUNNABLE, memory_order_relaxed);
     if (!kiln_runq_push(&w->runq, p))
@@ -616,7 +616,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
     }
 
     if (v == KILN_V_YIELD || v == KILN_V_YIELD_STACK) {
-        requeue(w, p);
+        kiln_sched_requeue(w, p);
         return;
     }
     /* IDLE or BLOCKED: sleep unless something arrived meanwhile. Done here,

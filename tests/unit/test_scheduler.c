@@ -2,6 +2,7 @@
  * others, long handlers are reported, work spreads over workers, and stop
  * is clean with processes in every state. */
 #include "testutil.h"
+#include "runtime/rt.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -239,6 +240,71 @@ static void test_parked_worker_takes_a_share_of_busy_pair(void **state)
     busy_pair_run(KILN_IO_EPOLL);
 }
 
+/* A process that defers its wake-ups (a connection's writer) runs after
+ * the processes already queued on its waker's worker, so what they send
+ * it arrives as one batch: ten senders released at once, one worker, and
+ * the batcher's first look at its mailbox finds all ten messages (it would
+ * find one if the first sender put it next in line). */
+#define DEFER_SENDERS 10
+struct defer_case {
+    kiln_term batcher, senders[DEFER_SENDERS];
+    _Atomic long first_batch;
+    _Atomic int ready, done;
+};
+
+static void batcher_main(void *arg)
+{
+    struct defer_case *dc = arg;
+    kiln_proc_defer_wakeups();
+    atomic_store(&dc->ready, 1);
+    kiln_msg *m;
+    assert_int_equal(kiln_receive(kiln_test_any, NULL, -1, &m), KILN_OK);
+    kiln_msg_free(m);
+    long n = 1;
+    while (kiln_receive(kiln_test_any, NULL, 0, &m) == KILN_OK) {
+        kiln_msg_free(m);
+        n++;
+    }
+    atomic_store(&dc->first_batch, n);
+    atomic_store(&dc->done, 1);
+}
+
+static kiln_action defer_sender_handle(void *state, kiln_msg *m)
+{
+    (void)m;
+    struct defer_case *dc = state;
+    kiln_send(dc->batcher, kiln_test_msg("frame"));
+    return KILN_CONTINUE;
+}
+static const kiln_behaviour defer_sender_beh = {"defer_sender", flood_init, defer_sender_handle, NULL};
+
+static void defer_starter(void *arg)
+{
+    struct defer_case *dc = arg;
+    /* Sent from a process: each sender goes next in line and pushes the
+     * one before it to the back of the queue. */
+    for (int i = 0; i < DEFER_SENDERS; i++)
+        kiln_send(dc->senders[i], kiln_test_msg("go"));
+}
+
+static void test_deferred_wakeup_collects_a_batch(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(1, NULL);
+    struct defer_case *dc = calloc(1, sizeof(*dc));
+    assert_int_equal(kiln_spawn_fn(rt, batcher_main, dc, NULL, &dc->batcher), KILN_OK);
+    assert_true(kiln_test_wait_flag(&dc->ready, 5000));
+    for (int i = 0; i < DEFER_SENDERS; i++)
+        assert_int_equal(kiln_spawn(rt, &defer_sender_beh, dc, NULL, &dc->senders[i]), KILN_OK);
+    usleep(50000); /* all idle */
+    assert_int_equal(kiln_spawn_fn(rt, defer_starter, dc, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&dc->done, 5000));
+    print_message("first batch: %ld of %d\n", atomic_load(&dc->first_batch), DEFER_SENDERS);
+    assert_int_equal(atomic_load(&dc->first_batch), DEFER_SENDERS);
+    kiln_rt_stop(rt);
+    free(dc);
+}
+
 /* Two processes that wake each other pass the worker back and forth
  * through runnext; a process they woke earlier waits in the local queue
  * and must still get its turn. */
@@ -449,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_flooding_process_does_not_starve_others),
         cmocka_unit_test(test_sending_function_process_yields),
         cmocka_unit_test(test_parked_worker_takes_a_share_of_busy_pair),
+        cmocka_unit_test(test_deferred_wakeup_collects_a_batch),
         cmocka_unit_test(test_runnext_pair_does_not_starve_local_queue),
         cmocka_unit_test(test_long_handler_is_reported_with_pid),
         cmocka_unit_test(test_work_spreads_over_workers),
