@@ -93,7 +93,22 @@ int kiln_send(kiln_term to, kiln_msg *msg)
     /* Forwarding the borrowed message: the handler no longer owns it. */
     if (p->current == msg)
         p->current = NULL;
-    int rc = kiln_rt_send(rt, to, msg);
+    int rc;
+    if (msg && kiln_is_local_pid(to)) {
+        /* The common case, without kiln_route's epoch calls: a process
+         * run is already inside its worker's epoch section. */
+        msg->kind = KILN_MK_USER;
+        msg->flags = 0;
+        struct kiln_proc *d = kiln_ptab_lookup(rt, to);
+        if (d) {
+            rc = kiln_proc_deliver(rt, d, msg);
+        } else {
+            kiln_signal_answer_dead(rt, to, msg);
+            rc = KILN_OK; /* a dead pid is not an error */
+        }
+    } else {
+        rc = kiln_rt_send(rt, to, msg);
+    }
     /* A function process that only sends never blocks, so without this it
      * would hold its worker until it is done: its receivers (often queued
      * on that same worker) wait while their mailboxes grow by millions of
