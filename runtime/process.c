@@ -76,7 +76,12 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
 
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m)
 {
-    kiln_epoch_enter(rt);
+    /* A process run is inside its worker's epoch section already; only
+     * other callers need one of their own. */
+    struct kiln_worker *w = kiln_current_worker();
+    bool in_run = w && w->rt == rt && w->running;
+    if (!in_run)
+        kiln_epoch_enter(rt);
     struct kiln_proc *p = kiln_ptab_lookup(rt, pid);
     int rc;
     if (p) {
@@ -85,7 +90,8 @@ int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m)
         kiln_signal_answer_dead(rt, pid, m);
         rc = KILN_ENOPROC;
     }
-    kiln_epoch_exit(rt);
+    if (!in_run)
+        kiln_epoch_exit(rt);
     return rc;
 }
 
