@@ -40,6 +40,9 @@ static bool counts_as_message(const kiln_msg *m)
     return m->kind == KILN_MK_USER || m->kind == KILN_MK_ALIAS_MSG;
 }
 
+/* Inside one of rt's process runs: the worker's epoch section is open. */
+static bool in_run_of(const struct kiln_worker *w, const kiln_rt *rt) { return w && w->rt == rt && w->running; }
+
 int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
 {
     if (counts_as_message(m)) {
@@ -60,7 +63,7 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
     switch (kiln_mb_push(&p->mb, m)) {
     case KILN_MB_WAS_IDLE: {
         struct kiln_worker *w = kiln_current_worker();
-        bool from_proc = w && w->rt == rt && w->running;
+        bool from_proc = in_run_of(w, rt);
         if (from_proc && (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_DEFER))
             kiln_sched_requeue(w, p);
         else
@@ -74,24 +77,24 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
     return KILN_OK;
 }
 
+int kiln_deliver_in_section(kiln_rt *rt, kiln_term pid, kiln_msg *m)
+{
+    struct kiln_proc *p = kiln_ptab_lookup(rt, pid);
+    if (p)
+        return kiln_proc_deliver(rt, p, m);
+    kiln_signal_answer_dead(rt, pid, m);
+    return KILN_ENOPROC;
+}
+
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m)
 {
     /* A process run is inside its worker's epoch section already; only
      * other callers need one of their own. */
-    struct kiln_worker *w = kiln_current_worker();
-    bool in_run = w && w->rt == rt && w->running;
-    if (!in_run)
-        kiln_epoch_enter(rt);
-    struct kiln_proc *p = kiln_ptab_lookup(rt, pid);
-    int rc;
-    if (p) {
-        rc = kiln_proc_deliver(rt, p, m);
-    } else {
-        kiln_signal_answer_dead(rt, pid, m);
-        rc = KILN_ENOPROC;
-    }
-    if (!in_run)
-        kiln_epoch_exit(rt);
+    if (in_run_of(kiln_current_worker(), rt))
+        return kiln_deliver_in_section(rt, pid, m);
+    kiln_epoch_enter(rt);
+    int rc = kiln_deliver_in_section(rt, pid, m);
+    kiln_epoch_exit(rt);
     return rc;
 }
 

@@ -309,6 +309,9 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
 /* Deliver to a pid: looks it up; a dead target frees m (returns ENOPROC
  * and calls on_dead(m) first when given, for signals that need answers). */
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);
+/* The same, for a caller already inside an epoch section of rt (a process
+ * run of rt is). */
+int kiln_deliver_in_section(kiln_rt *rt, kiln_term pid, kiln_msg *m);
 /* The I/O back end takes its ring back from the first worker. */
 void kiln_sched_io_detach(kiln_rt *rt);
 /* Ends the current wait on the I/O ring (or the next one, at once). */

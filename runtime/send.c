@@ -95,17 +95,13 @@ int kiln_send(kiln_term to, kiln_msg *msg)
         p->current = NULL;
     int rc;
     if (msg && kiln_is_local_pid(to)) {
-        /* The common case, without kiln_route's epoch calls: a process
-         * run is already inside its worker's epoch section. */
+        /* The common case, without another look at the current worker:
+         * a process run is already inside its worker's epoch section. */
         msg->kind = KILN_MK_USER;
         msg->flags = 0;
-        struct kiln_proc *d = kiln_ptab_lookup(rt, to);
-        if (d) {
-            rc = kiln_proc_deliver(rt, d, msg);
-        } else {
-            kiln_signal_answer_dead(rt, to, msg);
+        rc = kiln_deliver_in_section(rt, to, msg);
+        if (rc == KILN_ENOPROC)
             rc = KILN_OK; /* a dead pid is not an error */
-        }
     } else {
         rc = kiln_rt_send(rt, to, msg);
     }
