@@ -22,6 +22,7 @@ struct gs {
     bool init_done;   /* the user's init succeeded: terminate is owed */
     bool terminated;  /* the user's terminate has run */
     bool dying;       /* stop decided outside handle: exit at the next message */
+    kiln_msg *stop_reason, *stop_reply; /* do_stop's, while terminate runs */
     kiln_timer timer; /* the Timeout of the last result */
     uint64_t timer_gen;
     int64_t last_timeout;
@@ -70,23 +71,35 @@ static void gs_terminate(void *state, kiln_term reason)
     if (!s)
         return;
     user_terminate(s, reason, false);
+    /* Held by a stop whose terminate was cut short (killed while it
+     * blocked): nothing else will free them. */
+    kiln_msg_free(s->stop_reason);
+    kiln_msg_free(s->stop_reply);
     free(s);
 }
 
 /* Stop from the loop: terminate, then the optional reply, then exit. The
- * reason and reply are copied first: terminate may free what they live in. */
-static kiln_action do_stop(struct gs *s, kiln_term reason, kiln_term from, kiln_term reply, kiln_msg *reply_msg)
+ * reason and reply are copied first: terminate may free what they live in
+ * (and why_msg, the caller's message holding the reason, goes at once).
+ * The copies are kept in s while terminate runs, since a terminate that
+ * blocks can be killed there and never come back. */
+static kiln_action do_stop(struct gs *s, kiln_term reason, kiln_msg *why_msg, kiln_term from, kiln_term reply,
+                           kiln_msg *reply_msg)
 {
     kiln_msg *rm = kiln_msg_new(64);
     kiln_term r = rm ? kiln_term_copy(rm, reason) : KILN_NONE;
     if (kiln_is_none(r))
         r = KILN_ATOM_KILLED; /* out of memory: an immediate reason needs no arena */
+    kiln_msg_free(why_msg);
     if (!kiln_is_none(from) && !reply_msg && !kiln_is_none(reply)) {
         reply_msg = kiln_msg_new(64);
         if (reply_msg)
             kiln_msg_set_term(reply_msg, kiln_term_copy(reply_msg, reply));
     }
+    s->stop_reason = rm;
+    s->stop_reply = reply_msg;
     user_terminate(s, r, true);
+    s->stop_reason = s->stop_reply = NULL;
     if (reply_msg) {
         if (!kiln_is_none(from))
             kiln_reply(from, reply_msg);
@@ -103,9 +116,7 @@ static kiln_action bad_return(struct gs *s, kiln_gs_ret r)
     kiln_msg *m = kiln_msg_new(64);
     kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c("bad_return_value"), kiln_small((int64_t)r.action)) : KILN_NONE;
     kiln_msg_free(r.reply_msg);
-    kiln_action a = do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_return_value") : why, KILN_NONE, KILN_NONE, NULL);
-    kiln_msg_free(m);
-    return a;
+    return do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_return_value") : why, m, KILN_NONE, KILN_NONE, NULL);
 }
 
 /* ---- timeouts ---- */
@@ -164,7 +175,7 @@ static kiln_action act_one(struct gs *s, kiln_gs_ret *r, kiln_term from)
         r->reply_msg = NULL;
         return KILN_CONTINUE;
     case KILN_GS_STOP:
-        return do_stop(s, r->reason, from, r->reply, r->reply_msg);
+        return do_stop(s, r->reason, NULL, from, r->reply, r->reply_msg);
     default:
         return bad_return(s, *r);
     }
@@ -203,7 +214,7 @@ static kiln_term sys_state(void *beh, kiln_msg *m)
 
 static kiln_action sys_stop(void *beh, kiln_term reason)
 {
-    return do_stop(beh, reason, KILN_NONE, KILN_NONE, NULL);
+    return do_stop(beh, reason, NULL, KILN_NONE, KILN_NONE, NULL);
 }
 
 static const kiln_otp_sys_ops gs_sys_ops = {"gen_server", "Status for generic server", sys_state, NULL, sys_stop};
@@ -235,9 +246,7 @@ static kiln_action gs_handle(void *state, kiln_msg *msg)
         if (!s->cb->handle_call) {
             kiln_msg *m = kiln_msg_new(64);
             kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c("bad_call"), kiln_term_copy(m, req)) : KILN_NONE;
-            kiln_action a = do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_call") : why, KILN_NONE, KILN_NONE, NULL);
-            kiln_msg_free(m);
-            return a;
+            return do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_call") : why, m, KILN_NONE, KILN_NONE, NULL);
         }
         return act(s, s->cb->handle_call(s->state, req, from), from);
     }
@@ -254,7 +263,7 @@ static kiln_action gs_handle(void *state, kiln_msg *msg)
         return a;
     }
     if (kiln_otp_is_parent_exit(&s->sys, t))
-        return do_stop(s, kiln_tuple_get(t, 2), KILN_NONE, KILN_NONE, NULL);
+        return do_stop(s, kiln_tuple_get(t, 2), NULL, KILN_NONE, KILN_NONE, NULL);
     if (!s->cb->handle_info)
         return KILN_CONTINUE;
     return act(s, s->cb->handle_info(s->state, msg), KILN_NONE);

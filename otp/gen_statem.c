@@ -75,6 +75,7 @@ struct kiln_gsm {
     struct act *ah, *at;
     kiln_term bad;          /* an action not allowed there: stop with this */
     kiln_msg *bad_msg;
+    kiln_msg *stop_reason;  /* do_stop's copy, while terminate runs */
 };
 
 /* ---- queues ---- */
@@ -447,17 +448,22 @@ static void send_replies(struct act *a)
 }
 
 /* Stop from the loop: the replies (stop_and_reply), terminate, exit. The
- * reason is copied first: terminate may free what it lives in. acts is
+ * reason is copied first: terminate may free what it lives in (why_msg,
+ * the caller's message holding it, goes at once). The copy is kept in s
+ * while terminate runs: one that blocks can be killed there. acts is
  * consumed. */
-static kiln_action do_stop(struct kiln_gsm *s, kiln_term reason, struct act *acts)
+static kiln_action do_stop(struct kiln_gsm *s, kiln_term reason, kiln_msg *why_msg, struct act *acts)
 {
     kiln_msg *rm = kiln_msg_new(64);
     kiln_term r = rm ? kiln_term_copy(rm, reason) : KILN_NONE;
     if (kiln_is_none(r))
         r = KILN_ATOM_KILLED; /* out of memory: an immediate reason needs no arena */
+    kiln_msg_free(why_msg);
     send_replies(acts);
     acts_free(acts);
+    s->stop_reason = rm;
     user_terminate(s, r);
+    s->stop_reason = NULL;
     kiln_stop(r);
     kiln_msg_free(rm);
     return KILN_STOP;
@@ -467,9 +473,7 @@ static kiln_action stop_tagged(struct kiln_gsm *s, const char *tag, kiln_term v)
 {
     kiln_msg *m = kiln_msg_new(64);
     kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c(tag), kiln_term_copy(m, v)) : KILN_NONE;
-    kiln_action a = do_stop(s, kiln_is_none(why) ? kiln_atom_c(tag) : why, NULL);
-    kiln_msg_free(m);
-    return a;
+    return do_stop(s, kiln_is_none(why) ? kiln_atom_c(tag) : why, m, NULL);
 }
 
 /* ---- callbacks ---- */
@@ -502,7 +506,7 @@ static bool check_bad(struct kiln_gsm *s, struct act *acts, kiln_msg *hold, kiln
     if (kiln_is_none(s->bad))
         return false;
     acts_free(acts);
-    *out = do_stop(s, s->bad, NULL);
+    *out = do_stop(s, s->bad, NULL, NULL);
     kiln_msg_free(s->bad_msg);
     s->bad_msg = NULL;
     s->bad = KILN_NONE;
@@ -527,7 +531,7 @@ static kiln_action enter_calls(struct kiln_gsm *s, kiln_term prev, struct act **
         if (check_bad(s, acts, r.hold, &a))
             return a;
         if (r.result == KILN_GSM_STOP) {
-            a = do_stop(s, r.reason, acts);
+            a = do_stop(s, r.reason, NULL, acts);
             kiln_msg_free(r.hold);
             return a;
         }
@@ -569,7 +573,7 @@ static kiln_action transition(struct kiln_gsm *s, kiln_gsm_ret r, struct ev *e)
     if (check_bad(s, acts, r.hold, &res))
         return res;
     if (r.result == KILN_GSM_STOP) {
-        res = do_stop(s, r.reason, acts);
+        res = do_stop(s, r.reason, NULL, acts);
         kiln_msg_free(r.hold);
         return res;
     }
@@ -591,7 +595,7 @@ static kiln_action transition(struct kiln_gsm *s, kiln_gsm_ret r, struct ev *e)
             kiln_msg_free(m);
             acts_free(acts);
             kiln_msg_free(r.hold);
-            return do_stop(s, kiln_atom_c("enomem"), NULL);
+            return do_stop(s, kiln_atom_c("enomem"), NULL, NULL);
         }
         old_msg = s->state_msg;
         s->state_msg = m;
@@ -736,7 +740,7 @@ static kiln_term sys_status_data(void *beh, kiln_msg *m)
     return kiln_build(m, "[{\"Time-outs\",{~i,~t}},{\"Logged Events\",[]},{\"Postponed\",~t}]", n, tl, pl);
 }
 
-static kiln_action sys_stop(void *beh, kiln_term reason) { return do_stop(beh, reason, NULL); }
+static kiln_action sys_stop(void *beh, kiln_term reason) { return do_stop(beh, reason, NULL, NULL); }
 
 static const kiln_otp_sys_ops gsm_sys_ops = {"gen_statem", "Status for state machine", sys_state, sys_status_data,
                                              sys_stop};
@@ -762,7 +766,7 @@ static kiln_action gsm_handle(void *state, kiln_msg *msg)
         /* Not an event: timeouts keep running, as in OTP. */
         return kiln_otp_sys_handle(&s->sys, from, req);
     } else if (kiln_otp_is_parent_exit(&s->sys, t)) {
-        return do_stop(s, kiln_tuple_get(t, 2), NULL);
+        return do_stop(s, kiln_tuple_get(t, 2), NULL, NULL);
     }
     kiln_action a = run_event(s, &e);
     /* e is on this stack (ev_free would free the node): release its terms
@@ -780,6 +784,8 @@ static void free_all(struct kiln_gsm *s)
     ev_list_free(s->ph);
     acts_free(take_actions(s));
     kiln_msg_free(s->bad_msg);
+    /* Set only when a terminate that blocked was killed there. */
+    kiln_msg_free(s->stop_reason);
     kiln_msg_free(s->state_msg);
     free(s->state_atoms);
     free(s);

@@ -728,6 +728,33 @@ static void test_runtime_stop_terminates(void **st)
         assert_int_equal(atomic_load(&c[i].terminated), 1);
 }
 
+/* A terminate that blocks for good, run from the loop by {stop, Reason,
+ * Reply}, is killed by runtime stop: what the server loop allocated for the
+ * stop (the reason's and the reply's copies) must go with it (ASan's leak
+ * check is the assertion; without ASan the test checks the order). */
+static void stuck_terminate(void *state, kiln_term reason)
+{
+    srv_terminate(state, reason); /* frees the user's state first */
+    kiln_sleep(1000000);
+}
+
+static void test_killed_in_terminate_leaks_nothing(void **st)
+{
+    (void)st;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    kiln_gen_server stuck = counter;
+    stuck.terminate = stuck_terminate;
+    struct ctl c = {0};
+    kiln_term pid;
+    assert_int_equal(kiln_gs_start(rt, &stuck, &c, NULL, &pid, NULL), KILN_OK);
+    kiln_msg *reply = NULL;
+    /* The reply goes out after terminate, which never finishes. */
+    assert_int_equal(kiln_gs_call(rt, pid, kiln_test_msg("{stop,~a}", "going"), 200, &reply, NULL), KILN_ETIMEOUT);
+    assert_true(kiln_test_wait_flag(&c.terminated, 5000));
+    assert_true(kiln_is_alive(rt, pid));
+    kiln_rt_stop(rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -750,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_wire_format),
         cmocka_unit_test(test_bad_call_without_handler),
         cmocka_unit_test(test_runtime_stop_terminates),
+        cmocka_unit_test(test_killed_in_terminate_leaks_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

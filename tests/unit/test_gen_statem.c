@@ -31,6 +31,7 @@ struct ctl {
     enum init_mode mode;
     const char *init_state; /* NULL: idle */
     int term_sleep_ms;      /* terminate sleeps first (only when stopped from the loop) */
+    bool term_stuck;        /* terminate blocks for good after freeing */
     _Atomic int terminated;
     _Atomic uint64_t term_reason; /* an atom, or a tuple reason's first element */
     _Atomic uint64_t term_state;
@@ -187,6 +188,8 @@ static void sm_terminate(void *data, kiln_term state, kiln_term reason)
     atomic_store(&c->term_reason, kiln_is_tuple(reason) ? kiln_tuple_get(reason, 0) : reason);
     atomic_store(&c->term_state, state);
     atomic_store(&c->terminated, 1);
+    if (c->term_stuck)
+        kiln_sleep(1000000);
 }
 
 static kiln_term sm_format(void *data, kiln_msg *m)
@@ -664,6 +667,20 @@ static void test_stop_and_reply(void **st)
     kiln_rt_stop(rt);
 }
 
+/* A terminate that blocks for good is killed by runtime stop: the stop's
+ * copy of the reason must go with the machine (ASan's leak check). */
+static void test_killed_in_terminate_leaks_nothing(void **st)
+{
+    (void)st;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct ctl c = {.term_stuck = true};
+    kiln_term pid = start(rt, &scripted, &c, NULL);
+    cast(rt, pid, "[{stop,{shutdown,going}}]");
+    assert_true(kiln_test_wait_flag(&c.terminated, 5000));
+    assert_true(kiln_is_alive(rt, pid));
+    kiln_rt_stop(rt);
+}
+
 static void test_init_results(void **st)
 {
     (void)st;
@@ -1072,6 +1089,7 @@ int main(void)
         cmocka_unit_test(test_generic_timeouts),
         cmocka_unit_test(test_reply_actions),
         cmocka_unit_test(test_stop_and_reply),
+        cmocka_unit_test(test_killed_in_terminate_leaks_nothing),
         cmocka_unit_test(test_init_results),
         cmocka_unit_test(test_start_link_init_stop),
         cmocka_unit_test(test_call_timeout),
