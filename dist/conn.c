@@ -419,7 +419,7 @@ static void accepted_main(void *arg)
     struct kiln_conn *c = kiln_conn_find_locked(n, peer);
     if (c && c->state == KILN_CONN_UP && c->fd >= 0)
         shutdown(c->fd, SHUT_RDWR);
-    struct kiln_conn *nc = kiln_calloc(1, sizeof(*nc));
+    struct kiln_conn *nc = kiln_conn_new();
     if (!nc) {
         pthread_mutex_unlock(&n->lock);
         kiln_free(buf);

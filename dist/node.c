@@ -347,7 +347,7 @@ int kiln_node_stop(kiln_node *n)
         kiln_free(c->waiters);
         pidset_free(&c->node_monitors);
         kiln_frame_state_fini(&c->rx);
-        kiln_free(c);
+        kiln_conn_release(c);
     }
     pidset_free(&n->nodes_monitors);
     kiln_rpc_fini(n);
@@ -372,6 +372,27 @@ struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer)
     return NULL;
 }
 
+struct kiln_conn *kiln_conn_new(void)
+{
+    struct kiln_conn *c = kiln_calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    if (pthread_mutex_init(&c->tx_lock, NULL) != 0) {
+        kiln_free(c);
+        return NULL;
+    }
+    atomic_init(&c->refs, 1);
+    return c;
+}
+
+void kiln_conn_release(struct kiln_conn *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    pthread_mutex_destroy(&c->tx_lock);
+    kiln_free(c);
+}
+
 struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
 {
     pthread_mutex_lock(&n->lock);
@@ -388,10 +409,11 @@ struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
         pthread_mutex_unlock(&n->lock);
         return NULL;
     }
-    c = kiln_calloc(1, sizeof(*c));
+    c = kiln_conn_new();
     struct kiln_conn_start *cs = kiln_calloc(1, sizeof(*cs));
     if (!c || !cs) {
-        kiln_free(c);
+        if (c)
+            kiln_conn_release(c);
         kiln_free(cs);
         pthread_mutex_unlock(&n->lock);
         return NULL;
@@ -408,7 +430,7 @@ struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
     /* The connector runs as its own process: whoever asked carries on. */
     if (kiln_spawn_fn(n->rt, kiln_conn_initiator_main, cs, NULL, &c->owner) != KILN_OK) {
         n->conns = c->next;
-        kiln_free(c);
+        kiln_conn_release(c);
         kiln_free(cs);
         pthread_mutex_unlock(&n->lock);
         return NULL;
@@ -436,34 +458,34 @@ int kiln_dist_out(kiln_node *n, kiln_term peer, kiln_term ctrl, kiln_term msg)
     if (c->state == KILN_CONN_UP) {
         uint64_t flags = c->flags;
         kiln_term writer = c->writer;
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
         pthread_mutex_unlock(&n->lock);
         /* Encoded here, on the sender's thread, not by the writer. */
         kiln_frames f;
-        if (kiln_frames_prepare(n, flags, ctrl, msg, &f) != KILN_OK)
-            return KILN_ENOMEM;
-        if (!(flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE)) {
+        int rc = kiln_frames_prepare(n, flags, ctrl, msg, &f);
+        if (rc == KILN_OK && !(flags & KILN_DFLAG_DIST_HDR_ATOM_CACHE)) {
             kiln_msg *frames = kiln_frames_finish(n, &f, NULL);
-            if (!frames)
-                return KILN_ENOMEM;
-            send_chain(n, writer, frames);
-            return KILN_OK;
+            if (frames)
+                send_chain(n, writer, frames);
+            else
+                rc = KILN_ENOMEM;
+        } else if (rc == KILN_OK) {
+            /* The header is written against the connection's atom cache
+             * and its frames handed to the writer under one lock: the peer
+             * must see cache updates in the order they were decided. */
+            pthread_mutex_lock(&c->tx_lock);
+            if (c->tx_open) {
+                kiln_msg *frames = kiln_frames_finish(n, &f, &c->tx);
+                send_chain(n, writer, frames);
+                rc = frames ? KILN_OK : KILN_ENOMEM;
+            } else {
+                /* The connection went meanwhile: dropped, as on a disconnect. */
+                kiln_frames_discard(&f);
+            }
+            pthread_mutex_unlock(&c->tx_lock);
         }
-        /* The header is written against the connection's atom cache and
-         * its frames handed to the writer under one lock: the peer must
-         * see cache updates in the order they were decided. */
-        pthread_mutex_lock(&n->lock);
-        for (c = n->conns; c && !(c->writer == writer && c->state == KILN_CONN_UP); c = c->next)
-            ;
-        if (!c) {
-            /* The connection went meanwhile: dropped, as on a disconnect. */
-            pthread_mutex_unlock(&n->lock);
-            kiln_frames_discard(&f);
-            return KILN_OK;
-        }
-        kiln_msg *frames = kiln_frames_finish(n, &f, &c->tx);
-        send_chain(n, writer, frames);
-        pthread_mutex_unlock(&n->lock);
-        return frames ? KILN_OK : KILN_ENOMEM;
+        kiln_conn_release(c);
+        return rc;
     }
     /* Connecting: how to encode depends on the handshake. Keep the terms. */
     kiln_msg *item = kiln_msg_new(256);
@@ -504,6 +526,7 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
     /* What was queued goes to the writer before the connection counts as
      * up, all under the lock: a sender that finds it up afterwards sends
      * after its own earlier messages, never before. */
+    pthread_mutex_lock(&c->tx_lock);
     kiln_msg *m = c->pending;
     c->pending = c->pending_tail = NULL;
     while (m) {
@@ -516,6 +539,8 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c)
         kiln_msg_free(m);
         m = next;
     }
+    c->tx_open = true;
+    pthread_mutex_unlock(&c->tx_lock);
     c->state = KILN_CONN_UP;
     tell_waiters(n, c, KILN_ATOM_OK);
     notify(n, &n->nodes_monitors, kiln_atom_c("nodeup"), c->peer);
@@ -539,6 +564,10 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
         notify(n, &n->nodes_monitors, kiln_atom_c("nodedown"), c->peer);
     c->state = KILN_CONN_DOWN;
     pthread_mutex_unlock(&n->lock);
+    /* Senders still holding it drop what they encoded from here on. */
+    pthread_mutex_lock(&c->tx_lock);
+    c->tx_open = false;
+    pthread_mutex_unlock(&c->tx_lock);
     /* Every link and monitor across it fires with noconnection. */
     for (size_t i = 0; i < c->ninvolved; i++)
         kiln_dist_in_nodedown(n->rt, c->peer, c->involved[i]);
@@ -553,7 +582,7 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
     kiln_free(c->waiters);
     pidset_free(&c->node_monitors);
     kiln_frame_state_fini(&c->rx); /* partial sequences are discarded */
-    kiln_free(c);
+    kiln_conn_release(c);
 }
 
 /* ---- monitor_node, monitor_nodes ---- */

@@ -50,7 +50,16 @@ struct kiln_conn {
     size_t nwaiters, capwaiters;
     size_t new_atoms;               /* atoms this peer's frames created (owner only) */
     kiln_frame_state rx;            /* atom cache and fragments coming in (owner only) */
-    kiln_out_cache tx;              /* atom cache going out (under the node lock) */
+    /* Senders encode without any lock and then take only this one to write
+     * the header against the atom cache and hand the frames over in that
+     * order; the node lock is for the table, not for traffic. */
+    pthread_mutex_t tx_lock;
+    bool tx_open;                   /* up and not yet down (under tx_lock) */
+    kiln_out_cache tx;              /* atom cache going out (under tx_lock) */
+    /* The table's reference and one per sender between its lookup and its
+     * hand-over: a connection that goes down meanwhile is freed by the
+     * last of them. */
+    _Atomic unsigned refs;
     struct kiln_pidset node_monitors; /* monitor_node subscribers (a pid per true) */
 };
 
@@ -114,6 +123,10 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c);
 void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err);
 /* Find the entry for peer under the lock, or NULL. */
 struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer);
+/* A zeroed entry holding the table's reference, or NULL. */
+struct kiln_conn *kiln_conn_new(void);
+/* Drop one reference; the last frees the entry. */
+void kiln_conn_release(struct kiln_conn *c);
 
 /* ---- conn.c ---- */
 struct kiln_conn_start {
