@@ -65,7 +65,10 @@ static int lit_char(struct fmt *f, char q)
         return -1;
     if (c != '\\')
         return (unsigned char)c;
-    c = *f->p++;
+    c = *f->p;
+    if (c == '\0')
+        return -2; /* stay on the NUL: callers still look at *f->p */
+    f->p++;
     switch (c) {
     case 'n': return '\n';
     case 't': return '\t';
@@ -536,6 +539,9 @@ static bool match_tuple(struct fmt *f, kiln_term t, bool live)
 static bool match_map(struct fmt *f, kiln_term t, bool live)
 {
     bool ok = live && kiln_is_map(t);
+    /* A map inside a key is part of that key: its values take no
+     * directives either (the key is parsed again for each map key). */
+    bool in_key = f->in_key;
     if (accept(f, '}'))
         return ok;
     for (;;) {
@@ -543,7 +549,7 @@ static bool match_map(struct fmt *f, kiln_term t, bool live)
         const char *key_start = f->p;
         f->in_key = true;
         match(f, KILN_NONE, false);
-        f->in_key = false;
+        f->in_key = in_key;
         if (f->err)
             return false;
         const char *key_end = f->p;
@@ -554,7 +560,7 @@ static bool match_map(struct fmt *f, kiln_term t, bool live)
                 f->p = key_start;
                 f->in_key = true;
                 bool hit = match(f, kiln_map_key(t, i), true);
-                f->in_key = false;
+                f->in_key = in_key;
                 if (hit)
                     break;
             }
