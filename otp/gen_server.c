@@ -23,6 +23,7 @@ struct gs {
     bool terminated;  /* the user's terminate has run */
     bool dying;       /* stop decided outside handle: exit at the next message */
     kiln_msg *stop_reason, *stop_reply; /* do_stop's, while terminate runs */
+    void (*cut_cleanup)(void *state);   /* kiln_otp_terminate_guard's, until terminate returns */
     kiln_timer timer; /* the Timeout of the last result */
     uint64_t timer_gen;
     int64_t last_timeout;
@@ -46,8 +47,15 @@ static void atoms(void)
  * before every call of a user terminate (NULL on the runtime path) so the
  * value read on entry is always the current call's. */
 static _Thread_local const void *tl_loop_state;
+static _Thread_local struct gs *tl_loop_gs;
 
 bool kiln_otp_terminate_in_loop(const void *state) { return state && tl_loop_state == state; }
+
+void kiln_otp_terminate_guard(const void *state, void (*cleanup)(void *state))
+{
+    if (kiln_otp_terminate_in_loop(state))
+        tl_loop_gs->cut_cleanup = cleanup;
+}
 
 static void user_terminate(struct gs *s, kiln_term reason, bool in_loop)
 {
@@ -60,8 +68,12 @@ static void user_terminate(struct gs *s, kiln_term reason, bool in_loop)
     }
     if (s->cb->terminate) {
         tl_loop_state = in_loop ? s->state : NULL;
+        tl_loop_gs = in_loop ? s : NULL;
         s->cb->terminate(s->state, reason);
+        /* Returned: the guard's cleanup is its own business now. */
+        s->cut_cleanup = NULL;
         tl_loop_state = NULL;
+        tl_loop_gs = NULL;
     }
 }
 
@@ -71,6 +83,9 @@ static void gs_terminate(void *state, kiln_term reason)
     if (!s)
         return;
     user_terminate(s, reason, false);
+    /* A terminate from the loop was killed while it blocked. */
+    if (s->cut_cleanup)
+        s->cut_cleanup(s->state);
     /* Held by a stop whose terminate was cut short (killed while it
      * blocked): nothing else will free them. */
     kiln_msg_free(s->stop_reason);

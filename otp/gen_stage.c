@@ -1275,9 +1275,13 @@ static kiln_gs_ret sg_info(void *state, kiln_msg *msg)
     return finish(s);
 }
 
+static void free_cut(void *state) { stage_free(state); }
+
 static void sg_terminate(void *state, kiln_term reason)
 {
     struct stage *s = state;
+    /* The user's terminate may block; killed there, the stage still goes. */
+    kiln_otp_terminate_guard(s, free_cut);
     if (s->cb->terminate)
         s->cb->terminate(s->state, reason);
     stage_free(s);

@@ -77,6 +77,11 @@ kiln_action kiln_otp_sys_handle(kiln_otp_sys *s, kiln_term from, kiln_term req);
  * from the server's own loop (it may block) rather than the runtime's exit
  * path. Valid only as the first thing terminate does. */
 bool kiln_otp_terminate_in_loop(const void *state);
+/* For a terminate called from the loop that frees state itself once it is
+ * done but may block first: should it be killed while it blocks, cleanup
+ * runs on the exit path instead (it must not block). Same validity as
+ * kiln_otp_terminate_in_loop; a no-op on the exit path. */
+void kiln_otp_terminate_guard(const void *state, void (*cleanup)(void *state));
 
 /* Resolve a server reference (pid, local name, {Name, Node} of this node)
  * to a local pid; KILN_NONE if not alive or not registered. */

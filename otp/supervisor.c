@@ -35,6 +35,10 @@ struct sup {
     uint64_t *restarts;   /* times of recent restarts, oldest first */
     size_t nrestarts, restarts_cap;
     uint64_t next_key;
+    /* What a shutdown in progress allocated: the wait can be killed. */
+    kiln_msg *wait_msg;
+    struct down_wait *wait_refs;
+    struct child **wait_live;
 };
 
 static kiln_term A(const char *s) { return kiln_atom_c(s); }
@@ -196,10 +200,12 @@ static int wait_down(struct down_wait *w, int64_t timeout_ms)
 /* Ask the children in kids[0..n) to stop, all at once, then wait for each
  * within its own shutdown time (counted from the request), killing the
  * ones that take longer. One child is the sequential case. */
-static void shutdown_children(struct child **kids, size_t n)
+static void shutdown_children(struct sup *s, struct child **kids, size_t n)
 {
     kiln_msg *tm = kiln_msg_new(64 + n * 48);
     struct down_wait *w = calloc(n ? n : 1, sizeof(*w));
+    s->wait_msg = tm;
+    s->wait_refs = w;
     if (!tm || !w) {
         /* No memory to watch them: kill, which needs no wait to be sure. */
         for (size_t i = 0; i < n; i++) {
@@ -210,6 +216,8 @@ static void shutdown_children(struct child **kids, size_t n)
         }
         kiln_msg_free(tm);
         free(w);
+        s->wait_msg = NULL;
+        s->wait_refs = NULL;
         return;
     }
     uint64_t t0 = kiln_now_ms();
@@ -239,12 +247,14 @@ static void shutdown_children(struct child **kids, size_t n)
     }
     kiln_msg_free(tm);
     free(w);
+    s->wait_msg = NULL;
+    s->wait_refs = NULL;
 }
 
-static void shutdown_child(struct child *c)
+static void shutdown_child(struct sup *s, struct child *c)
 {
     if (!kiln_is_none(c->pid))
-        shutdown_children(&c, 1);
+        shutdown_children(s, &c, 1);
 }
 
 /* OTP's terminate_children over kids[from..): in reverse start order, one
@@ -258,13 +268,15 @@ static void terminate_range(struct sup *s, size_t from, struct child *except)
         for (size_t i = from; live && i < s->n; i++)
             if (s->kids[i] != except)
                 live[m++] = s->kids[i];
+        s->wait_live = live;
         if (live)
-            shutdown_children(live, m);
+            shutdown_children(s, live, m);
         free(live);
+        s->wait_live = NULL;
     } else {
         for (size_t i = s->n; i-- > from;)
             if (s->kids[i] != except)
-                shutdown_child(s->kids[i]);
+                shutdown_child(s, s->kids[i]);
     }
     for (size_t i = s->n; i-- > from;) {
         struct child *c = s->kids[i];
@@ -402,6 +414,9 @@ static void sup_free(struct sup *s)
     free(s->kids);
     free(s->restarts);
     free(s->tmpl_id);
+    kiln_msg_free(s->wait_msg);
+    free(s->wait_refs);
+    free(s->wait_live);
     free(s);
 }
 
@@ -557,7 +572,7 @@ static kiln_term do_start_child(struct sup *s, kiln_term arg, kiln_msg *m)
     if (!keep || !append(s, c)) {
         if (keep) {
             /* No room to track it: it must not run unsupervised. */
-            shutdown_child(c);
+            shutdown_child(s, c);
             child_free(c);
             return start_error(m, KILN_ENOMEM);
         }
@@ -573,7 +588,7 @@ static kiln_term do_terminate_child(struct sup *s, kiln_term id, kiln_msg *m)
     struct child *c = find_id(s, id);
     if (!c)
         return err(m, A("not_found"));
-    shutdown_child(c);
+    shutdown_child(s, c);
     c->restarting = false;
     if (simple(s) || c->spec.restart == KILN_TEMPORARY)
         remove_child(s, c);
@@ -655,14 +670,19 @@ static kiln_gs_ret sup_info(void *state, kiln_msg *msg)
     return kiln_gs_noreply();
 }
 
+static void free_cut(void *state) { sup_free(state); }
+
 static void sup_terminate(void *state, kiln_term reason)
 {
     (void)reason;
     struct sup *s = state;
     /* From the runtime's exit path (killed) nothing may block; the
-     * children then get our exit through their links, as in OTP. */
-    if (kiln_otp_terminate_in_loop(s))
+     * children then get our exit through their links, as in OTP. So does
+     * a kill that comes while we wait for them here. */
+    if (kiln_otp_terminate_in_loop(s)) {
+        kiln_otp_terminate_guard(s, free_cut);
         terminate_range(s, 0, NULL);
+    }
     sup_free(s);
 }
 

@@ -991,6 +991,31 @@ static void test_cancel_modes_cancel(void **st)
 
 /* ---- subscribe errors ---- */
 
+/* A terminate that frees its state and then blocks for good, stopped
+ * from the loop and killed there by runtime stop: the stage's own state
+ * goes too (ASan's leak check is the assertion). */
+static void stuck_terminate(void *state, kiln_term reason)
+{
+    prod_terminate(state, reason);
+    kiln_sleep(1000000);
+}
+
+static void test_killed_in_terminate_leaks_nothing(void **st)
+{
+    (void)st;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    kiln_gen_stage stuck = counter_producer;
+    stuck.terminate = stuck_terminate;
+    struct pctl c = {0};
+    struct pcfg cfg = {.c = &c, .limit = -1};
+    kiln_term pid = KILN_NONE;
+    assert_int_equal(kiln_stage_start(rt, &stuck, &cfg, NULL, &pid, NULL), KILN_OK);
+    assert_int_equal(kiln_gs_stop_server(rt, pid, KILN_ATOM_SHUTDOWN, 200), KILN_ETIMEOUT);
+    assert_true(kiln_test_wait_flag(&c.terminated, 5000));
+    assert_true(kiln_is_alive(rt, pid));
+    kiln_rt_stop(rt);
+}
+
 static void test_subscribe_errors(void **st)
 {
     (void)st;
@@ -1141,6 +1166,7 @@ int main(void)
         cmocka_unit_test(test_cancel_modes_producer_exit),
         cmocka_unit_test(test_cancel_modes_cancel),
         cmocka_unit_test(test_subscribe_errors),
+        cmocka_unit_test(test_killed_in_terminate_leaks_nothing),
         cmocka_unit_test(test_buffer_keep_first),
         cmocka_unit_test(test_buffer_keep_last),
         cmocka_unit_test(test_pipeline_order),
