@@ -167,7 +167,7 @@ static void send_reply(kiln_term from, kiln_gs_ret *r)
     kiln_msg *m = r->reply_msg;
     r->reply_msg = NULL;
     if (!m) {
-        m = kiln_msg_new(64);
+        m = kiln_msg_new(64 + KILN_REPLY_ROOM);
         if (!m)
             return;
         kiln_msg_set_term(m, kiln_term_copy(m, r->reply));
@@ -457,7 +457,7 @@ int kiln_gs_stop_server(kiln_rt *rt, kiln_term server, kiln_term reason, int64_t
 
 int kiln_gen_reply(kiln_term from, kiln_term reply)
 {
-    kiln_msg *m = kiln_msg_new(64);
+    kiln_msg *m = kiln_msg_new(64 + KILN_REPLY_ROOM);
     if (!m)
         return KILN_ENOMEM;
     kiln_term t = kiln_term_copy(m, reply);

@@ -185,7 +185,8 @@ static int add_action(struct kiln_gsm *s, enum act_kind kind, kiln_gsm_event_typ
                       kiln_term name, kiln_term content)
 {
     struct act *a = calloc(1, sizeof(*a));
-    kiln_msg *m = kiln_msg_new(64);
+    /* A reply holds a copy of From, about the room kiln_reply adds. */
+    kiln_msg *m = kiln_msg_new(kind == ACT_REPLY ? 64 + 2 * KILN_REPLY_ROOM : 64);
     if (!a || !m) {
         free(a);
         kiln_msg_free(m);

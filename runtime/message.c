@@ -9,27 +9,36 @@
 #include "alloc.h"
 
 
-/* Freed small messages kept per thread for the next allocations, up to
- * SPARE_COUNT blocks of one size. Most messages die on the thread that
- * receives them, which then builds the next ones of the same shape (a
- * reply, the next decoded term, the next of a stream of sends whose
- * receiver runs on the same worker); reusing the blocks skips the
- * allocator's work on both ends (small-term decode: ~8% with one block;
- * one-way sends: see docs/design.md). A block of another size goes back
- * to the allocator unless the stack is empty, when that size becomes the
- * one kept. Sanitizer builds go straight to malloc, so ASan still sees
- * every use-after-free. A thread that exits hands its blocks back (the
- * key's destructor). */
+/* Freed small messages kept per thread for the next allocations: up to
+ * SPARE_COUNT blocks of each of SPARE_CLASSES sizes. Most messages die on
+ * the thread that receives them, which then builds the next ones of the
+ * same shapes (a reply, the next decoded term, the next of a stream of
+ * sends whose receiver runs on the same worker); reusing the blocks skips
+ * the allocator's work on both ends (small-term decode: ~8% with one
+ * block; one-way sends: see docs/design.md). A call has two shapes, the
+ * request and the reply, built and freed on one worker: with one size
+ * kept, the other went to the allocator every time (gen_server calls,
+ * whose reply is sized apart from the request). A block whose size has no
+ * class goes back to the allocator unless a class is empty, which it then
+ * takes. Sizes are exact, not rounded to classes: a queued message that
+ * is only a header stays 80 bytes. Sanitizer builds go straight to
+ * malloc, so ASan still sees every use-after-free. A thread that exits
+ * hands its blocks back (the key's destructor). */
 #if defined(KILN_ASAN) || defined(KILN_TSAN)
 #define SPARE_MAX 0
 #else
 #define SPARE_MAX 512
 #endif
 #define SPARE_COUNT 64
+#define SPARE_CLASSES 4
 
-static _Thread_local void *spares[SPARE_COUNT];
-static _Thread_local unsigned spare_n;
-static _Thread_local size_t spare_size;
+struct spare_class {
+    size_t size;
+    unsigned n;
+    void *blk[SPARE_COUNT];
+};
+
+static _Thread_local struct spare_class spares[SPARE_CLASSES];
 static _Thread_local bool spare_keyed;
 static pthread_key_t spare_key;
 static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
@@ -37,11 +46,42 @@ static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
 static void spare_release(void *unused)
 {
     (void)unused;
-    while (spare_n)
-        kiln_free_sized(spares[--spare_n], spare_size);
+    for (unsigned c = 0; c < SPARE_CLASSES; c++)
+        while (spares[c].n)
+            kiln_free_sized(spares[c].blk[--spares[c].n], spares[c].size);
 }
 
 static void spare_key_init(void) { (void)pthread_key_create(&spare_key, spare_release); }
+
+static void *spare_take(size_t size)
+{
+    for (unsigned c = 0; c < SPARE_CLASSES; c++)
+        if (spares[c].n && spares[c].size == size)
+            return spares[c].blk[--spares[c].n];
+    return NULL;
+}
+
+/* False when the block must go back to the allocator. */
+static bool spare_keep(void *m, size_t size)
+{
+    struct spare_class *empty = NULL;
+    for (unsigned c = 0; c < SPARE_CLASSES; c++) {
+        struct spare_class *k = &spares[c];
+        if (k->n && k->size == size) {
+            if (k->n == SPARE_COUNT)
+                return false;
+            k->blk[k->n++] = m;
+            return true;
+        }
+        if (!k->n && !empty)
+            empty = k;
+    }
+    if (!empty)
+        return false;
+    empty->size = size;
+    empty->blk[empty->n++] = m;
+    return true;
+}
 
 /* No minimum size: a message that carries only an immediate is its header
  * alone (80 bytes), which matters when millions are queued. */
@@ -50,15 +90,12 @@ kiln_msg *kiln_msg_new_words(size_t n)
     if (n > (SIZE_MAX - sizeof(kiln_msg)) / 8)
         return NULL;
     size_t need = sizeof(kiln_msg) + n * 8;
-    kiln_msg *m;
-    if (spare_n && need == spare_size) {
-        /* The same size only: a message's arena is what was asked for
-         * (the decoder's sizing is exact), and the block is freed at the
-         * size it was allocated with. */
-        m = spares[--spare_n];
-    } else {
+    /* The same size only: a message's arena is what was asked for (the
+     * decoder's sizing is exact), and the block is freed at the size it
+     * was allocated with. */
+    kiln_msg *m = need <= SPARE_MAX ? spare_take(need) : NULL;
+    if (!m)
         m = kiln_malloc_sized(need);
-    }
     if (!m)
         return NULL;
     atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
@@ -109,12 +146,8 @@ void kiln_msg_free(kiln_msg *m)
                 return;
             }
         }
-        if (!spare_n)
-            spare_size = size;
-        if (size == spare_size && spare_n < SPARE_COUNT) {
-            spares[spare_n++] = m;
+        if (spare_keep(m, size))
             return;
-        }
     }
     kiln_free_sized(m, size);
 }

@@ -109,8 +109,11 @@ int kiln_receive(kiln_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **
  * a message whose root is the exit reason. */
 int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply, kiln_msg **reason);
 /* Answer a call. from is the {Pid, Tag} term from the request (it may live
- * in the borrowed request message); reply is consumed. */
+ * in the borrowed request message); reply is consumed. The reply is
+ * wrapped in {Tag, Reply} in its own message: a reply message with
+ * KILN_REPLY_ROOM bytes to spare beyond its term needs no second block. */
 int kiln_reply(kiln_term from, kiln_msg *reply);
+#define KILN_REPLY_ROOM 80 /* [alias|Ref] and the 2-tuple around the reply */
 /* Parses {'$gen_call', From, Request}: KILN_OK with From and Request, or
  * KILN_ENOMATCH. */
 int kiln_match_call(kiln_term msg, kiln_term *from, kiln_term *request);
