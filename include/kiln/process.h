@@ -106,8 +106,11 @@ int kiln_receive(kiln_match_fn match, void *arg, int64_t timeout_ms, kiln_msg **
  * whose root is Reply. Errors: KILN_ETIMEOUT (a late reply never arrives),
  * KILN_ENOPROC (no such process: returned at once), KILN_EEXIT (it died
  * before replying). With ENOPROC and EEXIT, *reason (when not NULL) gets
- * a message whose root is the exit reason. */
+ * a message whose root is the exit reason. The wrapping goes into
+ * request's own arena: a request message with KILN_CALL_ROOM bytes to
+ * spare beyond its term needs no second block. */
 int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **reply, kiln_msg **reason);
+#define KILN_CALL_ROOM 112 /* the reference, [alias|Ref] and the two tuples */
 /* Answer a call. from is the {Pid, Tag} term from the request (it may live
  * in the borrowed request message); reply is consumed. The reply is
  * wrapped in {Tag, Reply} in its own message: a reply message with

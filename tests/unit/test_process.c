@@ -2,6 +2,7 @@
  * sleep/yield, the blocking pool, stacks held only while blocked, bounded
  * mailboxes, pid uniqueness. */
 #include "testutil.h"
+#include "runtime/message.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,57 @@ static void test_call_reply_noproc_and_exit(void **state)
     assert_int_equal(r.info_after.monitors, 0);
     assert_int_equal(r.rc_died, KILN_EEXIT);
     assert_int_equal(r.died_reason, kiln_atom_c("died_in_call"));
+    kiln_rt_stop(rt);
+}
+
+/* KILN_CALL_ROOM and KILN_REPLY_ROOM are what kiln_call and kiln_reply
+ * add to a message: sized with them, request and reply each stay one
+ * block (a second one is an allocation per call). */
+static kiln_action roomy_handle(void *state, kiln_msg *m)
+{
+    _Atomic int *request_chunked = state;
+    kiln_term from, req;
+    if (kiln_match_call(kiln_msg_term(m), &from, &req) != KILN_OK)
+        return KILN_CONTINUE;
+    atomic_store(request_chunked, m->chunks != NULL);
+    kiln_msg *r = kiln_msg_new(KILN_REPLY_ROOM);
+    kiln_msg_set_term(r, req);
+    kiln_reply(from, r);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour roomy_beh = {"roomy", NULL, roomy_handle, NULL};
+
+struct room_res {
+    kiln_term server;
+    int rc;
+    bool reply_chunked;
+};
+
+static void room_caller(void *arg)
+{
+    struct room_res *r = arg;
+    kiln_msg *req = kiln_msg_new(KILN_CALL_ROOM);
+    kiln_msg_set_term(req, kiln_atom_c("ping"));
+    kiln_msg *reply = NULL;
+    r->rc = kiln_call(r->server, req, 1000, &reply, NULL);
+    if (r->rc == KILN_OK) {
+        r->reply_chunked = reply->chunks != NULL;
+        kiln_msg_free(reply);
+    }
+}
+
+static void test_call_and_reply_room(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    _Atomic int request_chunked = -1;
+    struct room_res r = {0};
+    assert_int_equal(kiln_spawn(rt, &roomy_beh, &request_chunked, NULL, &r.server), KILN_OK);
+    kiln_test_run_in_process(rt, room_caller, &r, 5000);
+    assert_int_equal(r.rc, KILN_OK);
+    assert_int_equal(atomic_load(&request_chunked), 0);
+    assert_false(r.reply_chunked);
     kiln_rt_stop(rt);
 }
 
@@ -712,6 +764,7 @@ int main(void)
         cmocka_unit_test(test_behaviour_receives_in_order_and_stops),
         cmocka_unit_test(test_selective_receive_keeps_order),
         cmocka_unit_test(test_call_reply_noproc_and_exit),
+        cmocka_unit_test(test_call_and_reply_room),
         cmocka_unit_test(test_calls_with_a_backlog),
         cmocka_unit_test(test_call_timeout_drops_late_reply),
         cmocka_unit_test(test_calls_with_timeouts_keep_timers_bounded),
