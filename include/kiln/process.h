@@ -116,7 +116,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
  * wrapped in {Tag, Reply} in its own message: a reply message with
  * KILN_REPLY_ROOM bytes to spare beyond its term needs no second block. */
 int kiln_reply(kiln_term from, kiln_msg *reply);
-#define KILN_REPLY_ROOM 80 /* [alias|Ref] and the 2-tuple around the reply */
+#define KILN_REPLY_ROOM 88 /* [alias|Ref] (a remote caller's Ref may have 5 words) and the 2-tuple */
 /* Parses {'$gen_call', From, Request}: KILN_OK with From and Request, or
  * KILN_ENOMATCH. */
 int kiln_match_call(kiln_term msg, kiln_term *from, kiln_term *request);
