@@ -612,6 +612,79 @@ static void test_peer_restarts(void **state)
     free(s);
 }
 
+/* Senders flooding a peer while its node is killed and restarted: each
+ * send holds the connection between its lookup and its hand-over, so one
+ * that is going down must outlive them (ASan and TSan run this too). The
+ * node stays up, no send fails, and the new incarnation hears from it. */
+#define FLOODERS 4
+
+struct flood {
+    char target[128];
+    _Atomic int stop, done;
+    _Atomic long sent;
+    _Atomic int rc; /* the first send that failed */
+};
+
+static void flood_body(void *arg)
+{
+    struct flood *f = arg;
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_term dest = kiln_tuple(to, 2, kiln_atom_c("sink"), kiln_atom_c(f->target));
+    for (long i = 0; !atomic_load(&f->stop); i++) {
+        kiln_msg *m = kiln_msg_new(64);
+        kiln_msg_set_term(m, kiln_build(m, "{flood,~p,~i}", kiln_self(), (int64_t)i));
+        int rc = kiln_send(dest, m);
+        int none = KILN_OK;
+        if (rc != KILN_OK)
+            atomic_compare_exchange_strong(&f->rc, &none, rc);
+        atomic_fetch_add(&f->sent, 1);
+        if (i % 64 == 63)
+            kiln_sleep(1); /* a flood, not a memory test of erl's mailbox */
+    }
+    kiln_msg_free(to);
+    atomic_fetch_add(&f->done, 1);
+}
+
+/* A sink that drops everything, after telling t about the first one. */
+#define SINK                                                                                              \
+    "register(sink, spawn(fun() -> receive M -> t ! {got, M} end, "                                      \
+    "L = fun L() -> receive _ -> L() end end, L() end))."
+
+static void test_senders_across_a_dropped_connection(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tflood");
+    eval_expect(e, SINK, "true");
+    struct flood *f = calloc(1, sizeof(*f));
+    snprintf(f->target, sizeof f->target, "%s", e->full);
+    for (int i = 0; i < FLOODERS; i++)
+        assert_int_equal(kiln_spawn_fn(g_rt, flood_body, f, NULL, NULL), KILN_OK);
+    eval_expect(e, "receive {got, {flood, P, _}} when is_pid(P) -> ok after 5000 -> timeout end.", "ok");
+    long before = atomic_load(&f->sent);
+    kill(-e->pid, SIGKILL);
+    kiln_term list[4];
+    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 0; i++)
+        usleep(10000);
+    assert_int_equal(kiln_node_list(g_node, list, 4), 0);
+    erl_stop(e);
+    /* Still sending into the void, then to the new incarnation. */
+    usleep(200000);
+    assert_true(atomic_load(&f->sent) > before);
+    struct erl_node *e2 = erl_with_t("tflood");
+    eval_expect(e2, SINK, "true");
+    eval_expect(e2, "receive {got, {flood, P, _}} when is_pid(P) -> ok after 10000 -> timeout end.", "ok");
+    atomic_store(&f->stop, 1);
+    for (int i = 0; i < 500 && atomic_load(&f->done) < FLOODERS; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&f->done), FLOODERS);
+    assert_int_equal(atomic_load(&f->rc), KILN_OK);
+    char expr[512];
+    snprintf(expr, sizeof expr, "net_adm:ping('%s').", g_kiln);
+    eval_expect(e2, expr, "pong");
+    free(f);
+}
+
 /* ---- global ---- */
 
 /* global:sync() on erl, in a spawned process: {ok,true} when it returned
@@ -1012,6 +1085,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_bad_input, node_teardown),
         cmocka_unit_test_teardown(test_many_and_big, node_teardown),
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
+        cmocka_unit_test_teardown(test_senders_across_a_dropped_connection, node_teardown),
         cmocka_unit_test_teardown(test_monitor_node, node_teardown),
         cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
         cmocka_unit_test_teardown(test_kiln_to_kiln_calls, node_teardown),
