@@ -441,6 +441,7 @@ static void accepted_main(void *arg)
     }
     nc->next = n->conns;
     n->conns = nc;
+    kiln_conn_reindex_locked(n);
     pthread_mutex_unlock(&n->lock);
     run_connection(n, nc, buf, have);
 }

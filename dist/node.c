@@ -349,6 +349,7 @@ int kiln_node_stop(kiln_node *n)
         kiln_frame_state_fini(&c->rx);
         kiln_conn_release(c);
     }
+    kiln_free(n->conn_index);
     pidset_free(&n->nodes_monitors);
     kiln_rpc_fini(n);
     pthread_mutex_destroy(&n->lock);
@@ -364,8 +365,51 @@ uint16_t kiln_node_port(const kiln_node *n) { return n->port; }
 
 /* ---- the connection table ---- */
 
+/* Every remote send looks its peer up under the node lock, so the lookup
+ * must not grow with the number of peers: an open-addressed index by node
+ * atom beside the list (which keeps a takeover's two entries for one
+ * peer, newest first). Rebuilt whenever the list changes, which is rare;
+ * without memory for it the list is scanned. */
+static size_t peer_slot(kiln_term peer, size_t mask)
+{
+    return (size_t)((peer * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+}
+
+void kiln_conn_reindex_locked(kiln_node *n)
+{
+    size_t count = 0, cap = 8;
+    for (struct kiln_conn *c = n->conns; c; c = c->next)
+        count++;
+    while (cap < 2 * count)
+        cap *= 2;
+    if (cap != n->conn_index_cap) {
+        kiln_free(n->conn_index);
+        n->conn_index = kiln_calloc(cap, sizeof(*n->conn_index));
+        n->conn_index_cap = n->conn_index ? cap : 0;
+        if (!n->conn_index)
+            return;
+    } else {
+        memset(n->conn_index, 0, cap * sizeof(*n->conn_index));
+    }
+    size_t mask = cap - 1;
+    for (struct kiln_conn *c = n->conns; c; c = c->next) {
+        size_t i = peer_slot(c->peer, mask);
+        while (n->conn_index[i] && n->conn_index[i]->peer != c->peer)
+            i = (i + 1) & mask;
+        if (!n->conn_index[i])
+            n->conn_index[i] = c; /* the newest of a peer's entries, as a scan finds */
+    }
+}
+
 struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer)
 {
+    if (n->conn_index) {
+        size_t mask = n->conn_index_cap - 1;
+        for (size_t i = peer_slot(peer, mask); n->conn_index[i]; i = (i + 1) & mask)
+            if (n->conn_index[i]->peer == peer)
+                return n->conn_index[i];
+        return NULL;
+    }
     for (struct kiln_conn *c = n->conns; c; c = c->next)
         if (c->peer == peer)
             return c;
@@ -424,12 +468,14 @@ struct kiln_conn *kiln_conn_get(kiln_node *n, kiln_term peer, bool connect)
     c->fd = -1;
     c->next = n->conns;
     n->conns = c;
+    kiln_conn_reindex_locked(n);
     cs->node = n;
     cs->conn = c;
     cs->fd = -1;
     /* The connector runs as its own process: whoever asked carries on. */
     if (kiln_spawn_fn(n->rt, kiln_conn_initiator_main, cs, NULL, &c->owner) != KILN_OK) {
         n->conns = c->next;
+        kiln_conn_reindex_locked(n);
         kiln_conn_release(c);
         kiln_free(cs);
         pthread_mutex_unlock(&n->lock);
@@ -556,6 +602,7 @@ void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err)
             break;
         }
     }
+    kiln_conn_reindex_locked(n);
     kiln_term result = err == KILN_OK ? kiln_atom_c("closed") : kiln_atom_c(kiln_strerror(err));
     tell_waiters(n, c, result);
     /* nodedown for every monitor_node, and for monitor_nodes if it was up. */

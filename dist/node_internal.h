@@ -85,6 +85,8 @@ struct kiln_node {
 
     pthread_mutex_t lock;           /* connections */
     struct kiln_conn *conns;
+    struct kiln_conn **conn_index;  /* conns by peer atom (kiln_conn_reindex_locked) */
+    size_t conn_index_cap;          /* a power of two; 0 without an index */
     bool stopping;
 
     /* processes the node runs */
@@ -123,6 +125,8 @@ void kiln_conn_up(kiln_node *n, struct kiln_conn *c);
 void kiln_conn_down(kiln_node *n, struct kiln_conn *c, int err);
 /* Find the entry for peer under the lock, or NULL. */
 struct kiln_conn *kiln_conn_find_locked(kiln_node *n, kiln_term peer);
+/* After any change to n->conns, under the lock. */
+void kiln_conn_reindex_locked(kiln_node *n);
 /* A zeroed entry holding the table's reference, or NULL. */
 struct kiln_conn *kiln_conn_new(void);
 /* Drop one reference; the last frees the entry. */

@@ -685,6 +685,64 @@ static void test_senders_across_a_dropped_connection(void **state)
     free(f);
 }
 
+/* Sends to many peers that do not exist (each a connection attempt that
+ * fails) mixed with sends to one that does: the connection table keeps
+ * finding the right entry as entries come and go in numbers. */
+#define GHOSTS 200
+
+struct many {
+    char target[128];
+    _Atomic int done;
+    int rc;
+};
+
+static void many_body(void *arg)
+{
+    struct many *w = arg;
+    kiln_msg *to = kiln_msg_new(64);
+    kiln_term real = kiln_tuple(to, 2, kiln_atom_c("t"), kiln_atom_c(w->target));
+    for (int i = 0; i < GHOSTS && w->rc == KILN_OK; i++) {
+        char ghost[160];
+        snprintf(ghost, sizeof ghost, "ghost%d@%s", i, g_host);
+        kiln_msg *g = kiln_msg_new(64);
+        kiln_msg_set_term(g, kiln_atom_c("boo"));
+        kiln_msg *gt = kiln_msg_new(64);
+        w->rc = kiln_send(kiln_tuple(gt, 2, kiln_atom_c("t"), kiln_atom_c(ghost)), g);
+        kiln_msg_free(gt);
+        kiln_msg *m = kiln_msg_new(64);
+        kiln_msg_set_term(m, kiln_build(m, "{n,~i}", (int64_t)i));
+        if (w->rc == KILN_OK)
+            w->rc = kiln_send(real, m);
+        else
+            kiln_msg_free(m);
+    }
+    kiln_msg_free(to);
+    atomic_store(&w->done, 1);
+}
+
+static void test_many_peers(void **state)
+{
+    (void)state;
+    start_node(false);
+    struct erl_node *e = erl_with_t("tmany");
+    struct many *w = calloc(1, sizeof(*w));
+    snprintf(w->target, sizeof w->target, "%s", e->full);
+    assert_int_equal(kiln_spawn_fn(g_rt, many_body, w, NULL, NULL), KILN_OK);
+    assert_true(kiln_test_wait_flag(&w->done, 20000));
+    assert_int_equal(w->rc, KILN_OK);
+    /* All of them, in order, and nothing for the ghosts. */
+    eval_expect(e,
+                "L = [receive {n, I} -> I after 5000 -> timeout end || _ <- lists:seq(1, 200)], "
+                "L =:= lists:seq(0, 199).",
+                "true");
+    kiln_term list[4];
+    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 1; i++)
+        usleep(10000);
+    assert_int_equal(kiln_node_list(g_node, list, 4), 1);
+    assert_true(list[0] == kiln_atom_c(e->full));
+    free(w);
+}
+
 /* ---- global ---- */
 
 /* global:sync() on erl, in a spawned process: {ok,true} when it returned
@@ -1086,6 +1144,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_many_and_big, node_teardown),
         cmocka_unit_test_teardown(test_peer_restarts, node_teardown),
         cmocka_unit_test_teardown(test_senders_across_a_dropped_connection, node_teardown),
+        cmocka_unit_test_teardown(test_many_peers, node_teardown),
         cmocka_unit_test_teardown(test_monitor_node, node_teardown),
         cmocka_unit_test_teardown(test_epmd_takeover, node_teardown),
         cmocka_unit_test_teardown(test_kiln_to_kiln_calls, node_teardown),
