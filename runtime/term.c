@@ -744,6 +744,33 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
             continue;
         }
         if (kiln_is_cons(src)) {
+            /* A run of cells whose heads need no copying (a string, a
+             * list of numbers or atoms) goes in one allocation and one
+             * pass, not a stack round trip per cell. */
+            size_t k = 0;
+            kiln_term rest = src;
+            while (k < 4096 && kiln_is_cons(rest) && is_immediate(kiln_hd(rest))) {
+                k++;
+                rest = kiln_tl(rest);
+            }
+            if (k >= 2) {
+                kiln_term *p = kiln_msg_alloc_words(m, 2 * k);
+                if (!p) {
+                    ok = false;
+                    break;
+                }
+                kiln_term cell = src;
+                for (size_t i = 0; i < k; i++, cell = kiln_tl(cell)) {
+                    p[2 * i] = kiln_hd(cell);
+                    p[2 * i + 1] = i + 1 < k ? kiln_cons_term(p + 2 * i + 2) : KILN_NIL;
+                }
+                *it.dst = kiln_cons_term(p);
+                if (!is_immediate(rest))
+                    ok = copy_push(&s, p + 2 * k - 1, rest);
+                else
+                    p[2 * k - 1] = rest;
+                continue;
+            }
             kiln_term *p = kiln_msg_alloc_words(m, 2);
             if (!p) {
                 ok = false;

@@ -516,6 +516,50 @@ static void test_copy(void **state)
     kiln_msg_free(c);
 }
 
+/* Lists whose heads need no copying are copied a run of cells at a time:
+ * runs broken by a boxed head, improper tails (immediate and boxed), and
+ * runs longer than one pass takes must all come out equal and whole. */
+static void test_copy_lists_of_immediates(void **state)
+{
+    (void)state;
+    kiln_msg *a = kiln_msg_new(64), *b = kiln_msg_new(64);
+    kiln_term cases[8];
+    size_t n = 0;
+    cases[n++] = kiln_string(a, "hello world", 11);
+    cases[n++] = kiln_build(a, "[1,2,{x},3,4,5|six]");
+    cases[n++] = kiln_build(a, "[a,b|{c,d}]");
+    cases[n++] = kiln_build(a, "[1|2]");
+    cases[n++] = kiln_build(a, "[[1,2],[3,4],\"ab\"|[]]");
+    kiln_term big = KILN_NIL, tail = kiln_tuple(a, 1, KILN_ATOM_OK);
+    for (int i = 0; i < 10000; i++)
+        big = kiln_cons(a, i == 5000 ? kiln_tuple(a, 1, kiln_small(i)) : kiln_small(i), i == 0 ? tail : big);
+    cases[n++] = big;
+    kiln_term copies[8];
+    for (size_t i = 0; i < n; i++) {
+        assert_true(cases[i] != KILN_NONE);
+        copies[i] = kiln_term_copy(b, cases[i]);
+        assert_true(copies[i] != KILN_NONE);
+        assert_true(kiln_term_eq(copies[i], cases[i]));
+    }
+    /* Built again after a is gone: the copies hold nothing of a. */
+    kiln_msg_free(a);
+    kiln_msg *c = kiln_msg_new(64);
+    assert_true(kiln_term_eq(copies[0], kiln_string(c, "hello world", 11)));
+    assert_true(kiln_term_eq(copies[1], kiln_build(c, "[1,2,{x},3,4,5|six]")));
+    assert_true(kiln_term_eq(copies[2], kiln_build(c, "[a,b|{c,d}]")));
+    assert_true(kiln_term_eq(copies[3], kiln_build(c, "[1|2]")));
+    assert_true(kiln_term_eq(copies[4], kiln_build(c, "[[1,2],[3,4],\"ab\"]")));
+    kiln_term l = copies[5];
+    for (int i = 9999; i >= 0; i--, l = kiln_tl(l)) {
+        assert_true(kiln_is_cons(l));
+        kiln_term h = kiln_hd(l);
+        assert_true(i == 5000 ? kiln_term_eq(h, kiln_tuple(c, 1, kiln_small(i))) : h == kiln_small(i));
+    }
+    assert_true(kiln_term_eq(l, kiln_tuple(c, 1, KILN_ATOM_OK)));
+    kiln_msg_free(b);
+    kiln_msg_free(c);
+}
+
 static void test_copy_long_and_deep(void **state)
 {
     (void)state;
@@ -560,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_pids_ports_refs_funs),
         cmocka_unit_test(test_type_of),
         cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_copy_lists_of_immediates),
         cmocka_unit_test(test_copy_long_and_deep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
