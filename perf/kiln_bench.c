@@ -52,9 +52,12 @@
  * a queue at once: cap the count to keep memory bounded. */
 #define ONEWAY_MAX 10000000u
 #define BINARY_SIZE (1024u * 1024u)
-/* Arena room for a request or reply: the longest one, "hello world" as a
- * list, is 11 cons cells of 16 bytes. Sized so no message grows a chunk. */
-#define REQ_HINT 192
+/* Arena room for a request's or reply's term: the longest, "hello world"
+ * as a list, is 11 cons cells of 16 bytes. With the room kiln_call and
+ * kiln_reply add for their wrapping, no message grows a second block. */
+#define REQ_TERM 176
+#define REQ_HINT (REQ_TERM + KILN_CALL_ROOM)
+#define REPLY_HINT (REQ_TERM + KILN_REPLY_ROOM)
 
 static struct {
     bool quick;
@@ -183,7 +186,7 @@ static kiln_action echo_handle(void *state, kiln_msg *msg)
     kiln_term from, req;
     if (kiln_match_call(kiln_msg_term(msg), &from, &req) != KILN_OK)
         return KILN_CONTINUE;
-    kiln_msg *reply = kiln_msg_new(REQ_HINT);
+    kiln_msg *reply = kiln_msg_new(REPLY_HINT);
     if (!reply)
         die("kiln_msg_new", KILN_ENOMEM);
     kiln_term copy = kiln_term_copy(reply, req);
@@ -256,7 +259,7 @@ static void call_n(kiln_term server, const struct call_spec *spec, uint64_t n)
  * that answers wrongly would measure nothing. */
 static void check_echo(kiln_term server, const struct call_spec *spec)
 {
-    kiln_msg *expect = kiln_msg_new(REQ_HINT);
+    kiln_msg *expect = kiln_msg_new(REQ_TERM);
     kiln_msg *req = kiln_msg_new(REQ_HINT);
     if (!expect || !req)
         die("kiln_msg_new", KILN_ENOMEM);
