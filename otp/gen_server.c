@@ -107,7 +107,7 @@ static kiln_action do_stop(struct gs *s, kiln_term reason, kiln_msg *why_msg, ki
         r = KILN_ATOM_KILLED; /* out of memory: an immediate reason needs no arena */
     kiln_msg_free(why_msg);
     if (!kiln_is_none(from) && !reply_msg && !kiln_is_none(reply)) {
-        reply_msg = kiln_msg_new(64);
+        reply_msg = kiln_msg_new(64 + KILN_REPLY_ROOM);
         if (reply_msg)
             kiln_msg_set_term(reply_msg, kiln_term_copy(reply_msg, reply));
     }
