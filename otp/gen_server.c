@@ -43,13 +43,12 @@ static void atoms(void)
 
 /* ---- terminate ---- */
 
-/* Which state's terminate runs from the server loop on this thread; set
- * before every call of a user terminate (NULL on the runtime path) so the
- * value read on entry is always the current call's. */
-static _Thread_local const void *tl_loop_state;
+/* Which server's terminate runs from its loop on this thread; set before
+ * every call of a user terminate (NULL on the runtime path) so the value
+ * read on entry is always the current call's. */
 static _Thread_local struct gs *tl_loop_gs;
 
-bool kiln_otp_terminate_in_loop(const void *state) { return state && tl_loop_state == state; }
+bool kiln_otp_terminate_in_loop(const void *state) { return state && tl_loop_gs && tl_loop_gs->state == state; }
 
 void kiln_otp_terminate_guard(const void *state, void (*cleanup)(void *state))
 {
@@ -67,12 +66,10 @@ static void user_terminate(struct gs *s, kiln_term reason, bool in_loop)
         s->timer = 0;
     }
     if (s->cb->terminate) {
-        tl_loop_state = in_loop ? s->state : NULL;
         tl_loop_gs = in_loop ? s : NULL;
         s->cb->terminate(s->state, reason);
         /* Returned: the guard's cleanup is its own business now. */
         s->cut_cleanup = NULL;
-        tl_loop_state = NULL;
         tl_loop_gs = NULL;
     }
 }

@@ -753,7 +753,7 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
                 k++;
                 rest = kiln_tl(rest);
             }
-            if (k >= 2) {
+            if (k > 0) {
                 kiln_term *p = kiln_msg_alloc_words(m, 2 * k);
                 if (!p) {
                     ok = false;
@@ -778,8 +778,9 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
             }
             p[0] = p[1] = KILN_NIL;
             *it.dst = kiln_cons_term(p);
-            /* Tail below head: the head is finished before the tail is
-             * taken, so a long list never piles up on the stack. */
+            /* A boxed head. Tail below head: the head is finished before
+             * the tail is taken, so a long list never piles up on the
+             * stack. */
             ok = copy_push(&s, p + 1, kiln_tl(src)) && copy_push(&s, p, kiln_hd(src));
             continue;
         }
