@@ -141,6 +141,18 @@ static struct erl_node *erl_with_t(const char *sname)
     return e;
 }
 
+/* The node's connected peers once there are n of them (5 s at most):
+ * how many there are, and up to four of them in list. */
+static size_t await_peers(size_t n, kiln_term list[4])
+{
+    size_t have = kiln_node_list(g_node, list, 4);
+    for (int i = 0; i < 500 && have != n; i++) {
+        usleep(10000);
+        have = kiln_node_list(g_node, list, 4);
+    }
+    return have;
+}
+
 /* ---- scenarios ---- */
 
 static void test_ping_and_names(void **state)
@@ -156,9 +168,7 @@ static void test_ping_and_names(void **state)
     eval_expect(e, expr, "true");
     /* It knows us under our name too. */
     kiln_term list[4];
-    for (int i = 0; i < 100 && kiln_node_list(g_node, list, 4) == 0; i++)
-        usleep(10000);
-    assert_int_equal(kiln_node_list(g_node, list, 4), 1);
+    assert_int_equal(await_peers(1, list), 1);
     char want[128];
     snprintf(want, sizeof want, "t%s@%s", "ping", g_host);
     size_t len;
@@ -596,9 +606,7 @@ static void test_peer_restarts(void **state)
     kill(-e->pid, SIGKILL);
     /* The node notices (the socket ends), and the name is free again. */
     kiln_term list[4];
-    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 0; i++)
-        usleep(10000);
-    assert_int_equal(kiln_node_list(g_node, list, 4), 0);
+    assert_int_equal(await_peers(0, list), 0);
     erl_stop(e);
     struct erl_node *e2 = erl_with_t("tback");
     eval_expect(e2, expr, "pong");
@@ -664,9 +672,7 @@ static void test_senders_across_a_dropped_connection(void **state)
     long before = atomic_load(&f->sent);
     kill(-e->pid, SIGKILL);
     kiln_term list[4];
-    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 0; i++)
-        usleep(10000);
-    assert_int_equal(kiln_node_list(g_node, list, 4), 0);
+    assert_int_equal(await_peers(0, list), 0);
     erl_stop(e);
     /* Still sending into the void, then to the new incarnation. */
     usleep(200000);
@@ -736,9 +742,7 @@ static void test_many_peers(void **state)
                 "L =:= lists:seq(0, 199).",
                 "true");
     kiln_term list[4];
-    for (int i = 0; i < 500 && kiln_node_list(g_node, list, 4) != 1; i++)
-        usleep(10000);
-    assert_int_equal(kiln_node_list(g_node, list, 4), 1);
+    assert_int_equal(await_peers(1, list), 1);
     assert_true(list[0] == kiln_atom_c(e->full));
     free(w);
 }
