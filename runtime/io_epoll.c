@@ -72,6 +72,26 @@ static void wake(kiln_rt *rt, struct waiter *w)
     w->pid = 0;
 }
 
+/* Take fd's reader (rd) and writer (wr) off it, bring the epoll set in
+ * line, then wake them: in that order, so that whatever a woken process
+ * does next (closing the socket, or telling another thread it may) comes
+ * after this thread's last epoll_ctl on the fd, which might otherwise act
+ * on a new socket that reused the number. Under lock. */
+static void release_waiters(struct epoll_impl *ep, int fd, bool rd, bool wr)
+{
+    struct fd_entry *e = &ep->fds[fd];
+    struct waiter r = e->rd, w = e->wr;
+    if (rd)
+        e->rd.pid = 0;
+    if (wr)
+        e->wr.pid = 0;
+    sync_fd(ep, fd);
+    if (rd && r.pid)
+        wake(ep->rt, &r);
+    if (wr && w.pid)
+        wake(ep->rt, &w);
+}
+
 static void *poller(void *arg)
 {
     struct epoll_impl *ep = arg;
@@ -91,13 +111,8 @@ static void *poller(void *arg)
             uint32_t ev = evs[i].events;
             pthread_mutex_lock(&ep->lock);
             if ((size_t)fd < ep->cap) {
-                struct fd_entry *e = &ep->fds[fd];
                 bool err = ev & (EPOLLERR | EPOLLHUP);
-                if (e->rd.pid && (err || (ev & (EPOLLIN | EPOLLRDHUP))))
-                    wake(ep->rt, &e->rd);
-                if (e->wr.pid && (err || (ev & EPOLLOUT)))
-                    wake(ep->rt, &e->wr);
-                sync_fd(ep, fd);
+                release_waiters(ep, fd, err || (ev & (EPOLLIN | EPOLLRDHUP)), err || (ev & EPOLLOUT));
             }
             pthread_mutex_unlock(&ep->lock);
         }
@@ -250,15 +265,9 @@ static void e_forget_fd(kiln_rt *rt, int fd)
 {
     struct epoll_impl *ep = rt->io->impl;
     pthread_mutex_lock(&ep->lock);
-    if (fd >= 0 && (size_t)fd < ep->cap) {
-        struct fd_entry *e = &ep->fds[fd];
-        /* Anyone still waiting learns of it by the error its retry gets. */
-        if (e->rd.pid)
-            wake(rt, &e->rd);
-        if (e->wr.pid)
-            wake(rt, &e->wr);
-        sync_fd(ep, fd);
-    }
+    /* Anyone still waiting learns of it by the error its retry gets. */
+    if (fd >= 0 && (size_t)fd < ep->cap)
+        release_waiters(ep, fd, true, true);
     pthread_mutex_unlock(&ep->lock);
 }
 
