@@ -18,6 +18,7 @@
 #include "runtime/dist_hooks.h"
 #include "runtime/rt.h"
 #include "runtime/term_layout.h"
+#include "runtime/tls.h"
 
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_REG_SEND = 6, DOP_EXIT2 = 8, DOP_MONITOR_P = 19,
@@ -30,7 +31,7 @@ enum dop {
  * (5 KB), lent from a kiln_frames_prepare to the finish or discard that
  * follows it on the same thread (no process switch comes between). Freed
  * when the thread ends. */
-static _Thread_local struct {
+static KILN_TLS struct {
     kiln_etf_enc *enc;
     kiln_out_refs *refs;
     bool refs_lent, keyed;

@@ -27,6 +27,7 @@
 #include "dist/etf_internal.h"
 #include "runtime/alloc.h"
 #include "runtime/message.h"
+#include "runtime/tls.h"
 
 #define HDR(size, sub) (((uint64_t)(size) << 8) | (uint64_t)(sub))
 #define INLINE_FRAMES 64
@@ -119,7 +120,8 @@ struct amemo {
     size_t len;
     kiln_term atom;
 };
-static _Thread_local struct amemo amemo[AMEMO_SLOTS];
+static struct kiln_tls_table amemo_table = KILN_TLS_TABLE(AMEMO_SLOTS * sizeof(struct amemo), NULL);
+static KILN_TLS void *tl_amemo; /* AMEMO_SLOTS entries, from the thread's first decoded atom */
 
 static inline uint64_t load64(const uint8_t *p)
 {
@@ -150,6 +152,9 @@ static inline bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n)
  * past them (an atom at the very end is looked up the slow way). */
 static kiln_term amemo_get(const uint8_t *p, size_t n, size_t readable)
 {
+    const struct amemo *amemo = tl_amemo;
+    if (!amemo)
+        return KILN_NONE;
     if (n < 8 || n > AMEMO_MAX) {
         if (n > AMEMO_MAX || readable < 8)
             return KILN_NONE;
@@ -166,7 +171,8 @@ static kiln_term amemo_get(const uint8_t *p, size_t n, size_t readable)
 
 static void amemo_put(const uint8_t *p, size_t n, kiln_term atom)
 {
-    if (n > AMEMO_MAX || n == 0)
+    struct amemo *amemo = tl_amemo;
+    if (n > AMEMO_MAX || n == 0 || (!amemo && !(amemo = kiln_tls_table_new(&amemo_table, &tl_amemo))))
         return;
     struct amemo *e;
     if (n < 8) {

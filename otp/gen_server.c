@@ -14,6 +14,7 @@
 
 #include "kiln/timer.h"
 #include "otp/otp_internal.h"
+#include "runtime/tls.h"
 
 struct gs {
     const kiln_gen_server *cb;
@@ -46,7 +47,7 @@ static void atoms(void)
 /* Which server's terminate runs from its loop on this thread; set before
  * every call of a user terminate (NULL on the runtime path) so the value
  * read on entry is always the current call's. */
-static _Thread_local struct gs *tl_loop_gs;
+static KILN_TLS struct gs *tl_loop_gs;
 
 bool kiln_otp_terminate_in_loop(const void *state) { return state && tl_loop_gs && tl_loop_gs->state == state; }
 

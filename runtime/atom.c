@@ -11,6 +11,7 @@
 
 #include "kiln/term.h"
 #include "alloc.h"
+#include "tls.h"
 
 #ifdef KILN_TSAN
 #include <sanitizer/tsan_interface.h>
@@ -310,7 +311,8 @@ struct atom_memo {
     size_t len;
     kiln_term atom;
 };
-static _Thread_local struct atom_memo memo[MEMO_SLOTS];
+static struct kiln_tls_table memo_table = KILN_TLS_TABLE(MEMO_SLOTS * sizeof(struct atom_memo), NULL);
+static KILN_TLS void *tl_memo; /* MEMO_SLOTS entries, from the thread's first atom look-up */
 
 static size_t memo_slot(const char *utf8, size_t len)
 {
@@ -333,6 +335,9 @@ static bool memo_get(const char *utf8, size_t len, kiln_term *out)
 {
     if (!utf8 || len > MAX_BYTES)
         return false;
+    const struct atom_memo *memo = tl_memo;
+    if (!memo)
+        return false;
     const struct atom_memo *e = &memo[memo_slot(utf8, len)];
     if (!e->text || e->len != len || memcmp(e->text, utf8, len) != 0)
         return false;
@@ -342,6 +347,9 @@ static bool memo_get(const char *utf8, size_t len, kiln_term *out)
 
 static void memo_put(const struct atom_entry *e)
 {
+    struct atom_memo *memo = tl_memo;
+    if (!memo && !(memo = kiln_tls_table_new(&memo_table, &tl_memo)))
+        return;
     const char *text = atomic_load_explicit(&e->text, memory_order_acquire);
     struct atom_memo *m = &memo[memo_slot(text, e->len)];
     m->text = text;

@@ -12,11 +12,12 @@
 
 #include "alloc.h"
 #include "rt.h"
+#include "tls.h"
 
 #define KILN_GUARD 1
 
 #ifdef KILN_GUARD
-static _Thread_local void *alt_stack;
+static KILN_TLS void *alt_stack;
 static struct sigaction prev_segv;
 
 static void on_segv(int sig, siginfo_t *si, void *uctx)

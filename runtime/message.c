@@ -1,13 +1,12 @@
 /* Message arenas: bump allocation inside one jemalloc block per message. */
 #include "message.h"
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
-
+#include "tls.h"
 
 /* Freed small messages kept per thread for the next allocations: up to
  * SPARE_COUNT blocks of each of SPARE_CLASSES sizes. Most messages die on
@@ -38,35 +37,41 @@ struct spare_class {
     void *blk[SPARE_COUNT];
 };
 
-static _Thread_local struct spare_class spares[SPARE_CLASSES];
-static _Thread_local bool spare_keyed;
-static pthread_key_t spare_key;
-static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+struct spares {
+    struct spare_class cls[SPARE_CLASSES];
+};
 
-static void spare_release(void *unused)
+static void spare_release(void *table)
 {
-    (void)unused;
+    struct spares *s = table;
     for (unsigned c = 0; c < SPARE_CLASSES; c++)
-        while (spares[c].n)
-            kiln_free_sized(spares[c].blk[--spares[c].n], spares[c].size);
+        while (s->cls[c].n)
+            kiln_free_sized(s->cls[c].blk[--s->cls[c].n], s->cls[c].size);
 }
 
-static void spare_key_init(void) { (void)pthread_key_create(&spare_key, spare_release); }
+static struct kiln_tls_table spare_table = KILN_TLS_TABLE(sizeof(struct spares), spare_release);
+static KILN_TLS void *tl_spares; /* NULL until the thread's first free of a small message */
 
 static void *spare_take(size_t size)
 {
+    struct spares *s = tl_spares;
+    if (!s)
+        return NULL;
     for (unsigned c = 0; c < SPARE_CLASSES; c++)
-        if (spares[c].n && spares[c].size == size)
-            return spares[c].blk[--spares[c].n];
+        if (s->cls[c].n && s->cls[c].size == size)
+            return s->cls[c].blk[--s->cls[c].n];
     return NULL;
 }
 
 /* False when the block must go back to the allocator. */
 static bool spare_keep(void *m, size_t size)
 {
+    struct spares *s = tl_spares;
+    if (!s && !(s = kiln_tls_table_new(&spare_table, &tl_spares)))
+        return false;
     struct spare_class *empty = NULL;
     for (unsigned c = 0; c < SPARE_CLASSES; c++) {
-        struct spare_class *k = &spares[c];
+        struct spare_class *k = &s->cls[c];
         if (k->n && k->size == size) {
             if (k->n == SPARE_COUNT)
                 return false;
@@ -136,19 +141,8 @@ void kiln_msg_free(kiln_msg *m)
         c = next;
     }
     size_t size = sizeof(kiln_msg) + m->inline_words * 8;
-    if (size <= SPARE_MAX) {
-        if (!spare_keyed) {
-            /* Once per thread: so that its exit frees the spares. */
-            pthread_once(&spare_once, spare_key_init);
-            spare_keyed = pthread_setspecific(spare_key, &spare_keyed) == 0;
-            if (!spare_keyed) {
-                kiln_free_sized(m, size);
-                return;
-            }
-        }
-        if (spare_keep(m, size))
-            return;
-    }
+    if (size <= SPARE_MAX && spare_keep(m, size))
+        return;
     kiln_free_sized(m, size);
 }
 

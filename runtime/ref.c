@@ -5,12 +5,13 @@
  * active when it drains the message. */
 #include "alloc.h"
 #include "rt.h"
+#include "tls.h"
 
 #define KILN_REF_BLOCK 4096u
 #define KILN_ALIAS_MARK 0x80000000u
 
 static _Atomic uint64_t ref_counter = 1;
-static _Thread_local uint64_t tl_next, tl_end;
+static KILN_TLS uint64_t tl_next, tl_end;
 
 uint64_t kiln_ref_next(kiln_rt *rt)
 {

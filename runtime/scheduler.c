@@ -15,11 +15,12 @@
 #include "alloc.h"
 #include "io.h"
 #include "rt.h"
+#include "tls.h"
 
 /* Read through a call the compiler cannot see into: a process may block
  * on one worker and resume on another, so a TLS address must never be
  * cached across a switch. */
-static _Thread_local struct kiln_worker *tls_worker;
+static KILN_TLS struct kiln_worker *tls_worker;
 
 __attribute__((noinline)) struct kiln_worker *kiln_current_worker(void)
 {

@@ -54,6 +54,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 /* The start type (OTP's RestartType). Zero is OTP's default, temporary. */
 typedef enum kiln_app_type {
     KILN_APP_TEMPORARY = 0,
@@ -200,6 +202,8 @@ int kiln_app_shutdown(kiln_rt *rt);
  * has already stopped. KILN_ENOPROC if none was ever started on rt,
  * KILN_ETIMEOUT, KILN_EINVAL from inside a process. */
 int kiln_app_wait(kiln_rt *rt, int64_t timeout_ms, kiln_msg **reason);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef enum kiln_err {
     KILN_OK = 0,
     KILN_ENOMEM = -1,        /* an allocation failed */
@@ -53,6 +55,8 @@ typedef enum kiln_err {
 
 /* A fixed string describing code; never NULL. */
 const char *kiln_strerror(int code);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

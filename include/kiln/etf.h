@@ -36,6 +36,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 #define KILN_ETF_VERSION 131
 
 /* Defaults for the decoder limits (a 0 field in the options means these). */
@@ -156,6 +158,8 @@ int kiln_term_to_binary(kiln_msg *m, kiln_term t, const kiln_t2b_opts *opts, kil
  * refcounted (and opts gives no source), it is the source: binaries inside
  * it that are at least an eighth of it are shared, not copied. */
 int kiln_binary_to_term(kiln_term bin, const kiln_etf_decode_opts *opts, kiln_msg **out);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

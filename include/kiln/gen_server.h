@@ -36,6 +36,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef enum kiln_gs_action {
     KILN_GS_NOREPLY = 0, /* also init's "ok" */
     KILN_GS_REPLY,
@@ -213,6 +215,8 @@ int kiln_sys_get_status(kiln_rt *rt, kiln_term server, int64_t timeout_ms, kiln_
  * messages (and its parent's exit); other messages wait in order. */
 int kiln_sys_suspend(kiln_rt *rt, kiln_term server, int64_t timeout_ms);
 int kiln_sys_resume(kiln_rt *rt, kiln_term server, int64_t timeout_ms);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

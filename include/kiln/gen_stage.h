@@ -53,6 +53,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef enum kiln_stage_type {
     KILN_STAGE_PRODUCER = 1,
     KILN_STAGE_CONSUMER = 2,
@@ -289,6 +291,8 @@ int kiln_stage_get_demand(kiln_rt *rt, kiln_term stage, int64_t timeout_ms, bool
 int kiln_stage_estimate_buffered_count(kiln_rt *rt, kiln_term stage, int64_t timeout_ms, int64_t *count);
 /* Events a producer's full buffer has dropped so far (Kiln only). */
 int kiln_stage_discarded_count(kiln_rt *rt, kiln_term stage, int64_t timeout_ms, int64_t *count);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

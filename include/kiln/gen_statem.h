@@ -49,6 +49,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 /* The running machine, handed to every callback for its actions. Valid
  * only during that callback. */
 typedef struct kiln_gsm kiln_gsm;
@@ -253,6 +255,8 @@ typedef struct kiln_gsm_child {
     kiln_gs_opts opts;
 } kiln_gsm_child;
 int kiln_gsm_child_start(void *arg, kiln_term extra, kiln_term *pid);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef enum kiln_io_backend {
     KILN_IO_AUTO = 0, /* io_uring if the kernel allows it, else epoll */
     KILN_IO_URING,
@@ -66,6 +68,8 @@ int kiln_io_sendv(int fd, const struct iovec *iov, int iovcnt, int64_t timeout_m
 int kiln_io_close(int fd);
 /* errno of the calling process's last KILN_ESYS from this API. */
 int kiln_io_errno(void);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef struct kiln_node kiln_node;
 
 typedef struct kiln_node_config {
@@ -91,6 +93,8 @@ int kiln_node_register_rpc(kiln_node *n, const char *module, const char *functio
  * cannot be reached or refuses; KILN_ETIMEOUT. args: a proper list. */
 int kiln_erpc_call(kiln_term node, const char *module, const char *function, kiln_term args, int64_t timeout_ms,
                    kiln_msg **result);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 /* What a handler asks for after a message. */
 typedef enum kiln_action { KILN_CONTINUE = 0, KILN_STOP = 1 } kiln_action;
 
@@ -189,6 +191,8 @@ typedef struct kiln_proc_info {
 /* KILN_ENOPROC if the pid is dead. Racy by nature: a snapshot. */
 int kiln_process_info(kiln_rt *rt, kiln_term pid, kiln_proc_info *out);
 bool kiln_is_alive(kiln_rt *rt, kiln_term pid);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef struct kiln_rt kiln_rt;
 
 /* Called when a handler has run longer than long_schedule_ms, with the pid
@@ -71,6 +73,8 @@ void kiln_rt_get_stats(const kiln_rt *rt, kiln_rt_stats *out);
 
 /* Monotonic milliseconds, the clock timers use. */
 uint64_t kiln_now_ms(void);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -37,6 +37,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef enum kiln_sup_strategy {
     KILN_ONE_FOR_ONE = 0,
     KILN_ONE_FOR_ALL,
@@ -133,6 +135,8 @@ typedef struct kiln_gs_child {
 } kiln_gs_child;
 int kiln_gs_child_start(void *arg, kiln_term extra, kiln_term *pid);
 int kiln_sup_child_start(void *arg, kiln_term extra, kiln_term *pid);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 typedef uint64_t kiln_term;
 
 #define KILN_TAG_MASK 0x7u
@@ -299,6 +301,8 @@ kiln_term kiln_build(kiln_msg *m, const char *fmt, ...);
 kiln_term kiln_vbuild(kiln_msg *m, const char *fmt, va_list ap);
 int kiln_match(kiln_term t, const char *fmt, ...);
 int kiln_vmatch(kiln_term t, const char *fmt, va_list ap);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

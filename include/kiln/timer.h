@@ -12,6 +12,8 @@
 extern "C" {
 #endif
 
+#pragma GCC visibility push(default)
+
 /* A timer handle; 0 is never a valid one. */
 typedef uint64_t kiln_timer;
 
@@ -23,6 +25,8 @@ int kiln_send_after(kiln_rt *rt, uint64_t ms, kiln_term dest, kiln_msg *msg, kil
 int kiln_cancel_timer(kiln_rt *rt, kiln_timer t, uint64_t *left_ms);
 /* Pending timers (for tests). */
 uint64_t kiln_timers_pending(kiln_rt *rt);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
  * callee-saved x19-x30 and d8-d15 go on the stack, sp into *save_sp. */
     .text
     .globl kiln_fiber_switch
+    .hidden kiln_fiber_switch
     .type kiln_fiber_switch,%function
     .p2align 4
 kiln_fiber_switch:
@@ -40,6 +41,7 @@ kiln_fiber_switch:
 /* A new fiber's first frame: x19 = entry, x20 = argument; x30 (the return
  * address restored above) points here. */
     .globl kiln_fiber_trampoline
+    .hidden kiln_fiber_trampoline
     .type kiln_fiber_trampoline,%function
     .p2align 4
 kiln_fiber_trampoline:

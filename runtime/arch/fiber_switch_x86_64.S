@@ -4,6 +4,7 @@
  * side. A handful of instructions, no syscall (unlike swapcontext). */
     .text
     .globl kiln_fiber_switch
+    .hidden kiln_fiber_switch
     .type kiln_fiber_switch,@function
     .p2align 4
 kiln_fiber_switch:
@@ -35,6 +36,7 @@ kiln_fiber_switch:
 /* First frame of a new fiber: the prepared stack "returns" here with the
  * entry function in r12 and its argument in r13. The entry never returns. */
     .globl kiln_fiber_trampoline
+    .hidden kiln_fiber_trampoline
     .type kiln_fiber_trampoline,@function
     .p2align 4
 kiln_fiber_trampoline:
