@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -11,6 +12,12 @@
 #include "alloc.h"
 #include "io.h"
 #include "rt.h"
+
+/* Every running back end. kiln_io_close tells each of them, since a
+ * socket may be closed by a thread outside any runtime, or by a process of
+ * another runtime than the one whose back end waits on it. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kiln_io *live_head;
 
 static int choose(const kiln_rt *rt)
 {
@@ -44,6 +51,11 @@ int kiln_io_start(kiln_rt *rt)
         return rc;
     }
     rt->io = io;
+    io->rt = rt;
+    pthread_mutex_lock(&live_lock);
+    io->next_live = live_head;
+    live_head = io;
+    pthread_mutex_unlock(&live_lock);
     return KILN_OK;
 }
 
@@ -51,6 +63,14 @@ void kiln_io_stop(kiln_rt *rt)
 {
     if (!rt->io || rt->io_stopped)
         return;
+    /* First out of the list: no close reaches a back end that stops. */
+    pthread_mutex_lock(&live_lock);
+    for (struct kiln_io **pp = &live_head; *pp; pp = &(*pp)->next_live)
+        if (*pp == rt->io) {
+            *pp = rt->io->next_live;
+            break;
+        }
+    pthread_mutex_unlock(&live_lock);
     rt->io->ops->stop(rt);
     rt->io_stopped = true;
 }
@@ -311,13 +331,11 @@ int kiln_io_send(int fd, const void *buf, size_t len, int64_t timeout_ms)
 
 int kiln_io_close(int fd)
 {
-    struct kiln_proc *p = kiln_current_proc();
-    const void *told = NULL;
-    if (p && p->rt->io) {
-        p->rt->io->ops->forget_fd(p->rt, fd);
-        told = p->rt->io->impl;
-    }
-    /* The socket may belong to another runtime of this OS process. */
-    kiln_io_uring_forget_anywhere(fd, told);
+    /* Whoever waits on fd is woken (and the kernel lets go of it) before
+     * the number is free to be reused. */
+    pthread_mutex_lock(&live_lock);
+    for (struct kiln_io *io = live_head; io; io = io->next_live)
+        io->ops->forget_fd(io->rt, fd);
+    pthread_mutex_unlock(&live_lock);
     return close(fd) == 0 ? KILN_OK : KILN_ESYS;
 }

@@ -43,6 +43,8 @@ struct kiln_io_backend_ops {
 struct kiln_io {
     const struct kiln_io_backend_ops *ops;
     void *impl;
+    struct kiln_rt *rt;
+    struct kiln_io *next_live; /* io.c's list of running back ends */
 };
 
 /* Start the back end cfg asks for (or the environment); falls back from
@@ -52,10 +54,6 @@ void kiln_io_stop(struct kiln_rt *rt);
 void kiln_io_fini(struct kiln_rt *rt); /* after the workers stopped */
 
 int kiln_io_uring_start(struct kiln_rt *rt, struct kiln_io *io);
-/* fd is being closed: every io_uring runtime lets go of it (a multishot
- * receive would keep the socket open), but the one whose back end is
- * `told` (the closing process's own, already told through forget_fd). */
-void kiln_io_uring_forget_anywhere(int fd, const void *told);
 int kiln_io_epoll_start(struct kiln_rt *rt, struct kiln_io *io);
 
 /* Deadline helpers: 0 = none; otherwise kiln_now_ms() at which to give up. */

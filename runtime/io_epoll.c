@@ -60,7 +60,8 @@ static void sync_fd(struct epoll_impl *ep, int fd)
         e->registered = true;
 }
 
-static void wake(kiln_rt *rt, struct waiter *w)
+/* closed: the socket is being closed (aux32 = 1 tells wait_ready). */
+static void wake(kiln_rt *rt, struct waiter *w, bool closed)
 {
     kiln_msg *m = kiln_signal_new(KILN_MK_WAKE, 0);
     if (!m) {
@@ -68,6 +69,7 @@ static void wake(kiln_rt *rt, struct waiter *w)
         abort();
     }
     m->aux = w->id;
+    m->aux32 = closed;
     kiln_deliver_pid(rt, w->pid, m);
     w->pid = 0;
 }
@@ -77,7 +79,7 @@ static void wake(kiln_rt *rt, struct waiter *w)
  * does next (closing the socket, or telling another thread it may) comes
  * after this thread's last epoll_ctl on the fd, which might otherwise act
  * on a new socket that reused the number. Under lock. */
-static void release_waiters(struct epoll_impl *ep, int fd, bool rd, bool wr)
+static void release_waiters(struct epoll_impl *ep, int fd, bool rd, bool wr, bool closed)
 {
     struct fd_entry *e = &ep->fds[fd];
     struct waiter r = e->rd, w = e->wr;
@@ -87,9 +89,9 @@ static void release_waiters(struct epoll_impl *ep, int fd, bool rd, bool wr)
         e->wr.pid = 0;
     sync_fd(ep, fd);
     if (rd && r.pid)
-        wake(ep->rt, &r);
+        wake(ep->rt, &r, closed);
     if (wr && w.pid)
-        wake(ep->rt, &w);
+        wake(ep->rt, &w, closed);
 }
 
 static void *poller(void *arg)
@@ -112,7 +114,7 @@ static void *poller(void *arg)
             pthread_mutex_lock(&ep->lock);
             if ((size_t)fd < ep->cap) {
                 bool err = ev & (EPOLLERR | EPOLLHUP);
-                release_waiters(ep, fd, err || (ev & (EPOLLIN | EPOLLRDHUP)), err || (ev & EPOLLOUT));
+                release_waiters(ep, fd, err || (ev & (EPOLLIN | EPOLLRDHUP)), err || (ev & EPOLLOUT), false);
             }
             pthread_mutex_unlock(&ep->lock);
         }
@@ -170,8 +172,9 @@ static int wait_ready(struct kiln_proc *p, int fd, bool write, uint64_t deadline
     if (e)
         e->io_token = 0;
     if (rc == KILN_OK) {
+        bool closed = m->aux32;
         kiln_msg_free(m);
-        return KILN_OK;
+        return closed ? kiln_io_fail(p, EBADF) : KILN_OK;
     }
     pthread_mutex_lock(&ep->lock);
     if (w->pid == p->pid && w->id == id) {
@@ -265,9 +268,11 @@ static void e_forget_fd(kiln_rt *rt, int fd)
 {
     struct epoll_impl *ep = rt->io->impl;
     pthread_mutex_lock(&ep->lock);
-    /* Anyone still waiting learns of it by the error its retry gets. */
+    /* Anyone still waiting fails with EBADF rather than try again: the
+     * socket may still be open when it runs, and its retry would wait on
+     * it afresh, after which the close would leave it waiting for good. */
     if (fd >= 0 && (size_t)fd < ep->cap)
-        release_waiters(ep, fd, true, true);
+        release_waiters(ep, fd, true, true, true);
     pthread_mutex_unlock(&ep->lock);
 }
 

@@ -218,10 +218,13 @@ static int run_op(struct kiln_proc *p, kiln_msg *m, void (*prep)(struct io_uring
 
 static int result(struct kiln_proc *p, int res, uint64_t deadline)
 {
-    /* A linked timeout cancels the operation: that is our timeout. */
-    if (res == -ECANCELED && deadline)
+    /* Cancelled by the linked timeout, which runs on kiln_now_ms's clock
+     * and so never ends before the deadline; before it, by kiln_io_close
+     * (or a runtime that stops), which the caller hears as the socket
+     * being gone, as from the epoll back end. */
+    if (res == -ECANCELED && deadline && kiln_io_left(deadline) == 0)
         return KILN_ETIMEOUT;
-    return kiln_io_fail(p, -res);
+    return kiln_io_fail(p, res == -ECANCELED ? EBADF : -res);
 }
 
 /* ---- operations ---- */
@@ -389,11 +392,22 @@ static void u_abandon(kiln_rt *rt, struct kiln_proc *p)
     pthread_mutex_unlock(&u->lock);
 }
 
-/* One-shot operations on a closed fd complete with an error by
- * themselves; a multishot receive would hold the socket open. */
+/* An operation in flight holds the socket's file: after close() alone
+ * its process would wait (and the connection stay open) until data came,
+ * and a multishot receive would hold it for good. Every operation on fd
+ * is cancelled; its process gets EBADF (see result()). */
 static void u_forget_fd(kiln_rt *rt, int fd)
 {
-    kiln_uring_rx_forget(rt->io->impl, fd);
+    struct uring_impl *u = rt->io->impl;
+    kiln_uring_rx_forget(u, fd);
+    pthread_mutex_lock(&u->lock);
+    struct io_uring_sqe *sqe = u->stopping ? NULL : kiln_uring_sqe_locked(u);
+    if (sqe) {
+        io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        io_uring_submit(&u->ring);
+    }
+    pthread_mutex_unlock(&u->lock);
 }
 
 static void u_stop(kiln_rt *rt)

@@ -39,7 +39,6 @@ struct uring_rx {
     struct ustream *pending; /* to be started by the thread that waits on the ring; under lock */
     _Atomic bool any_pending;
     _Atomic uint64_t pending_since; /* kiln_now_ms() of the oldest pending one */
-    struct uring_impl *next_live;
     _Atomic uint64_t arms, buffers, shortages, oneshot;
 };
 

@@ -62,9 +62,6 @@ struct ustream {
     struct rx_chunk q[];
 };
 
-static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct uring_impl *live_head;
-
 /* KILN_IO_MULTISHOT=0|1 overrides the configuration. */
 static bool wanted(const kiln_rt_config *cfg)
 {
@@ -121,23 +118,12 @@ void kiln_uring_rx_init(struct uring_impl *u, const kiln_rt_config *cfg)
                               io_uring_buf_ring_mask(nbufs), (int)i);
     io_uring_buf_ring_advance(rx->br, (int)nbufs);
     atomic_store(&rx->on, true);
-    pthread_mutex_lock(&live_lock);
-    rx->next_live = live_head;
-    live_head = u;
-    pthread_mutex_unlock(&live_lock);
 }
 
 void kiln_uring_rx_fini(struct uring_impl *u)
 {
     struct uring_rx *rx = &u->rx;
     if (rx->br) {
-        pthread_mutex_lock(&live_lock);
-        for (struct uring_impl **pp = &live_head; *pp; pp = &(*pp)->rx.next_live)
-            if (*pp == u) {
-                *pp = u->rx.next_live;
-                break;
-            }
-        pthread_mutex_unlock(&live_lock);
         io_uring_unregister_buf_ring(&u->ring, BGID);
         munmap(rx->pool, rx->pool_bytes);
         munmap(rx->br, rx->br_bytes);
@@ -527,15 +513,6 @@ void kiln_uring_rx_stop(struct uring_impl *u)
             stream_free(rx, s);
     }
     pthread_mutex_unlock(&rx->table_lock);
-}
-
-void kiln_io_uring_forget_anywhere(int fd, const void *told)
-{
-    pthread_mutex_lock(&live_lock);
-    for (struct uring_impl *u = live_head; u; u = u->rx.next_live)
-        if ((const void *)u != told)
-            kiln_uring_rx_forget(u, fd);
-    pthread_mutex_unlock(&live_lock);
 }
 
 void kiln_io_uring_stats(struct uring_impl *u, kiln_io_stats *out)

@@ -63,8 +63,12 @@ int kiln_io_recv(int fd, void *buf, size_t cap, int64_t timeout_ms, size_t *got)
  * out in one submission. */
 int kiln_io_send(int fd, const void *buf, size_t len, int64_t timeout_ms);
 int kiln_io_sendv(int fd, const struct iovec *iov, int iovcnt, int64_t timeout_ms);
-/* Close fd, ending the runtime's pending receive on it. Call it from a
- * process of the runtime, or from any thread once no process uses fd. */
+/* Close fd, from any thread or process. A process waiting on fd (a
+ * receive, send or accept) is woken and its call fails with KILN_ESYS,
+ * kiln_io_errno() EBADF, as gen_tcp:recv returns {error, closed} when
+ * another process closes the socket. A process that only starts a call on
+ * fd after it is closed may meet a new socket with the same number, as
+ * with close(2) itself. */
 int kiln_io_close(int fd);
 /* errno of the calling process's last KILN_ESYS from this API. */
 int kiln_io_errno(void);
