@@ -11,6 +11,7 @@
 #include "alloc.h"
 #include "dist_hooks.h"
 #include "rt.h"
+#include "term_layout.h"
 
 struct call_wait {
     kiln_rt *rt;
@@ -117,8 +118,8 @@ static int call_remote(struct kiln_proc *p, kiln_term to, kiln_msg *request, int
     uint64_t alias_entry = n;
     kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
     kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
-    kiln_term from = kiln_tuple(request, 2, p->pid, tag);
-    kiln_term call = kiln_tuple(request, 3, KILN_ATOM_GEN_CALL, from, request->root);
+    kiln_term from = kiln_tuple2(request, p->pid, tag);
+    kiln_term call = kiln_tuple3(request, KILN_ATOM_GEN_CALL, from, request->root);
     /* A remote name monitor keeps the node atom where the pid would be. */
     struct kiln_monitor mon = {n, by_name ? node : to, name, KILN_NONE, NULL};
     if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
@@ -177,8 +178,8 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
     uint64_t alias_entry = n;
     kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
     kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
-    kiln_term from = kiln_tuple(request, 2, p->pid, tag);
-    kiln_term call = kiln_tuple(request, 3, KILN_ATOM_GEN_CALL, from, request->root);
+    kiln_term from = kiln_tuple2(request, p->pid, tag);
+    kiln_term call = kiln_tuple3(request, KILN_ATOM_GEN_CALL, from, request->root);
     if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
         kiln_msg_free(request);
         return KILN_ENOMEM;
@@ -239,7 +240,7 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
     } else {
         tag = kiln_term_copy(reply, src_tag);
     }
-    kiln_term t = kiln_tuple(reply, 2, tag, reply->root);
+    kiln_term t = kiln_tuple2(reply, tag, reply->root);
     if (kiln_is_none(t)) {
         kiln_msg_free(reply);
         return KILN_ENOMEM;

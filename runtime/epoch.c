@@ -64,7 +64,7 @@ static void bury(struct kiln_worker *w)
     while (p) {
         struct kiln_proc *next = p->grave_next;
         kiln_msg *m;
-        while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc)))
+        while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc, NULL)))
             kiln_signal_answer_dead(rt, p->pid, m);
         kiln_proc_free(p);
         p = next;

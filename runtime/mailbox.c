@@ -53,6 +53,12 @@ kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, 
     uintptr_t prev = atomic_exchange_explicit(&pr->head, (uintptr_t)stub, memory_order_acq_rel);
     kiln_msg *p = (kiln_msg *)(prev & ~KILN_MB_BITS);
     atomic_store_explicit(&p->next, stub, memory_order_release);
+    if (p == tail) {
+        /* Nobody pushed between our look at head and the exchange. */
+        c->tail = stub;
+        *out = tail;
+        return KILN_MB_GOT_LAST;
+    }
     next = atomic_load_explicit(&tail->next, memory_order_acquire);
     if (next) {
         c->tail = next;
@@ -62,14 +68,22 @@ kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, 
     return KILN_MB_INFLIGHT;
 }
 
-kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
+kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool *emptied)
 {
     kiln_msg *m;
     for (unsigned spins = 0;; spins++) {
         switch (kiln_mb_pop(pr, c, &m)) {
         case KILN_MB_GOT:
+            if (emptied)
+                *emptied = false;
+            return m;
+        case KILN_MB_GOT_LAST:
+            if (emptied)
+                *emptied = true;
             return m;
         case KILN_MB_EMPTY:
+            if (emptied)
+                *emptied = true;
             return NULL;
         case KILN_MB_INFLIGHT:
             /* The producer was preempted mid-push: give it the CPU. */

@@ -51,12 +51,20 @@ typedef enum kiln_mb_push_result {
 void kiln_mb_init(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
 kiln_mb_push_result kiln_mb_push(struct kiln_mb_prod *pr, kiln_msg *m);
 
-typedef enum kiln_mb_pop_result { KILN_MB_GOT, KILN_MB_EMPTY, KILN_MB_INFLIGHT } kiln_mb_pop_result;
+typedef enum kiln_mb_pop_result {
+    KILN_MB_GOT,
+    KILN_MB_GOT_LAST, /* and the queue was empty right after: no push came before the pop */
+    KILN_MB_EMPTY,
+    KILN_MB_INFLIGHT
+} kiln_mb_pop_result;
 /* Owner only. INFLIGHT: a producer is between its exchange and its link;
  * the message will be visible in a few instructions. */
 kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, kiln_msg **out);
-/* Owner only: pop, waiting out an in-flight push. NULL when empty. */
-kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
+/* Owner only: pop, waiting out an in-flight push. NULL when empty. With
+ * emptied, also says whether the queue was empty right after this pop, so
+ * a drain can stop without one more pop to find out (a push after that
+ * point is after the drain, as if it had come a moment later). */
+kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool *emptied);
 /* Owner only: mark idle if the queue is empty. False if messages arrived
  * (the owner must keep running). */
 bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);

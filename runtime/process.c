@@ -325,7 +325,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
     /* Whatever was queued before the mark is answered now; later arrivals
      * are answered when the struct is reclaimed (epoch.c). */
     kiln_msg *m;
-    while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc)))
+    while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc, NULL)))
         kiln_signal_answer_dead(rt, p->pid, m);
     while ((m = p->save_head)) {
         p->save_head = atomic_load_explicit(&m->next, memory_order_relaxed);

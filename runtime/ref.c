@@ -5,6 +5,7 @@
  * active when it drains the message. */
 #include "alloc.h"
 #include "rt.h"
+#include "term_layout.h"
 #include "tls.h"
 
 #define KILN_REF_BLOCK 4096u
@@ -26,14 +27,22 @@ uint64_t kiln_ref_next(kiln_rt *rt)
 
 kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pid)
 {
-    uint32_t w[4] = {(uint32_t)n, (uint32_t)(n >> 32), 0, 0};
-    size_t nw = 3;
-    if (!kiln_is_none(alias_pid)) {
-        w[2] = kiln_local_pid_id(alias_pid);
-        w[3] = kiln_local_pid_serial(alias_pid) | KILN_ALIAS_MARK;
-        nw = 4;
-    }
-    return kiln_ref(m, rt->node, rt->creation, w, nw);
+    /* Written as kiln_ref lays a reference out (node, creation | words <<
+     * 32, then the 32-bit words two to a slot), without its checks and its
+     * loop: two of these are built for every call. Both sizes fill two
+     * slots, words 0 and 1 being n. */
+    uint64_t *p = m ? kiln_arena_alloc(m, 5) : NULL;
+    if (!p)
+        return KILN_NONE;
+    bool alias = !kiln_is_none(alias_pid);
+    p[0] = kiln_make_header(4, KILN_SUB_REF);
+    p[1] = rt->node;
+    p[2] = (uint64_t)rt->creation | (uint64_t)(alias ? 4 : 3) << 32;
+    p[3] = n;
+    p[4] = alias ? kiln_local_pid_id(alias_pid) |
+                       (uint64_t)(kiln_local_pid_serial(alias_pid) | KILN_ALIAS_MARK) << 32
+                 : 0;
+    return kiln_box_term(p);
 }
 
 bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid)

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kiln/process.h"
 #include "kiln/runtime.h"
@@ -341,7 +342,24 @@ void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason);
 kiln_msg *kiln_exit_signal_new(enum kiln_msg_kind kind, kiln_term from, kiln_term reason);
 kiln_msg *kiln_down_signal_new(kiln_rt *rt, uint64_t ref, kiln_term from, kiln_term reason);
 int kiln_send_signal(kiln_rt *rt, kiln_term to, kiln_msg *sig);
-bool kiln_vec_push(struct kiln_vec *v, const void *item, size_t size);
+bool kiln_vec_grow(struct kiln_vec *v, size_t size);
+/* Inline, so that each caller's item size is a constant and the copy a few
+ * moves: every call adds and removes a monitor and an alias. */
+static inline bool kiln_vec_push(struct kiln_vec *v, const void *item, size_t size)
+{
+    if (v->len == v->cap && !kiln_vec_grow(v, size))
+        return false;
+    memcpy((char *)v->items + (size_t)v->len * size, item, size);
+    v->len++;
+    return true;
+}
+/* Order does not matter in these sets: the last one moves into the gap. */
+static inline void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size)
+{
+    v->len--;
+    if (i != v->len)
+        memcpy((char *)v->items + (size_t)i * size, (char *)v->items + (size_t)v->len * size, size);
+}
 bool kiln_link_add(struct kiln_proc *p, kiln_term pid);
 bool kiln_link_del(struct kiln_proc *p, kiln_term pid);
 /* Adds a copy of m (boxed parts copied into an owned store). */
@@ -354,7 +372,6 @@ bool kiln_monitor_del_rref(struct kiln_proc *p, kiln_term rref);
 void kiln_monitor_release(struct kiln_monitor *m);
 /* Tell the monitored side (local or remote) that mon is no more. */
 void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon);
-void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size);
 void kiln_vec_free(struct kiln_vec *v);
 
 /* ---- send.c ---- */

@@ -11,27 +11,15 @@
 
 /* ---- small vectors ---- */
 
-bool kiln_vec_push(struct kiln_vec *v, const void *item, size_t size)
+bool kiln_vec_grow(struct kiln_vec *v, size_t size)
 {
-    if (v->len == v->cap) {
-        uint32_t ncap = v->cap ? v->cap * 2 : 4;
-        void *n = kiln_realloc(v->items, (size_t)ncap * size);
-        if (!n)
-            return false;
-        v->items = n;
-        v->cap = ncap;
-    }
-    memcpy((char *)v->items + (size_t)v->len * size, item, size);
-    v->len++;
+    uint32_t ncap = v->cap ? v->cap * 2 : 4;
+    void *n = kiln_realloc(v->items, (size_t)ncap * size);
+    if (!n)
+        return false;
+    v->items = n;
+    v->cap = ncap;
     return true;
-}
-
-void kiln_vec_remove(struct kiln_vec *v, uint32_t i, size_t size)
-{
-    /* Order does not matter in these sets: move the last one in. */
-    v->len--;
-    if (i != v->len)
-        memcpy((char *)v->items + (size_t)i * size, (char *)v->items + (size_t)v->len * size, size);
 }
 
 void kiln_vec_free(struct kiln_vec *v)
@@ -536,7 +524,10 @@ void kiln_proc_trim(struct kiln_proc *p)
 void kiln_proc_drain(struct kiln_proc *p)
 {
     kiln_msg *m;
-    while ((m = kiln_mb_pop_wait(&p->mb, &p->mbc))) {
+    bool emptied = false;
+    /* Stopping at the pop that emptied the queue saves the empty pop after
+     * it, two of the six pops of a local call. */
+    while (!emptied && (m = kiln_mb_pop_wait(&p->mb, &p->mbc, &emptied))) {
         m = handle_incoming(p, m);
         if (m)
             kiln_save_append(p, m);

@@ -23,6 +23,32 @@ static inline kiln_term kiln_box_term(const kiln_term *p) { return (kiln_term)(u
 static inline kiln_term kiln_cons_term(const kiln_term *p) { return (kiln_term)(uintptr_t)p | KILN_TAG_CONS; }
 static inline const kiln_term *kiln_cons_ptr(kiln_term c) { return (const kiln_term *)(uintptr_t)(c - KILN_TAG_CONS); }
 
+/* kiln_tuple for the fixed shapes of every call and reply, without its
+ * variadic arguments (which cost more than the stores): KILN_NONE if m is
+ * full or an element is KILN_NONE. */
+static inline kiln_term kiln_tuple2(kiln_msg *m, kiln_term a, kiln_term b)
+{
+    uint64_t *p = a != KILN_NONE && b != KILN_NONE ? kiln_arena_alloc(m, 3) : NULL;
+    if (!p)
+        return KILN_NONE;
+    p[0] = kiln_make_header(2, KILN_SUB_TUPLE);
+    p[1] = a;
+    p[2] = b;
+    return kiln_box_term(p);
+}
+
+static inline kiln_term kiln_tuple3(kiln_msg *m, kiln_term a, kiln_term b, kiln_term c)
+{
+    uint64_t *p = a != KILN_NONE && b != KILN_NONE && c != KILN_NONE ? kiln_arena_alloc(m, 4) : NULL;
+    if (!p)
+        return KILN_NONE;
+    p[0] = kiln_make_header(3, KILN_SUB_TUPLE);
+    p[1] = a;
+    p[2] = b;
+    p[3] = c;
+    return kiln_box_term(p);
+}
+
 /* A refcounted blob. The bytes follow the header so one allocation holds both. */
 struct kiln_bin {
     _Atomic size_t refc;

@@ -55,8 +55,19 @@ static void test_many_producers_exactly_once_in_order(void **state)
     int64_t next[PRODUCERS] = {0};
     long got = 0, idles = 0;
     while (got < (long)PRODUCERS * PER_PRODUCER) {
-        kiln_msg *m = kiln_mb_pop_wait(&s->mb.p, &s->mb.c);
-        if (!m) {
+        /* Like a drain: a pop that says it emptied the queue is followed
+         * by the attempt to go idle, with no empty pop first. */
+        bool emptied;
+        kiln_msg *m = kiln_mb_pop_wait(&s->mb.p, &s->mb.c, &emptied);
+        if (m) {
+            unsigned id = m->aux32;
+            assert_true(id < PRODUCERS);
+            assert_int_equal(kiln_small_value(m->root), next[id]);
+            next[id]++;
+            got++;
+            kiln_msg_free(m);
+        }
+        if (emptied && got < (long)PRODUCERS * PER_PRODUCER) {
             /* Empty: try to go idle; if that works wait to be "scheduled". */
             atomic_store(&s->scheduled, 0);
             if (kiln_mb_try_idle(&s->mb.p, &s->mb.c)) {
@@ -66,21 +77,14 @@ static void test_many_producers_exactly_once_in_order(void **state)
             } else {
                 atomic_store(&s->scheduled, 1);
             }
-            continue;
         }
-        unsigned id = m->aux32;
-        assert_true(id < PRODUCERS);
-        assert_int_equal(kiln_small_value(m->root), next[id]);
-        next[id]++;
-        got++;
-        kiln_msg_free(m);
     }
     for (unsigned i = 0; i < PRODUCERS; i++) {
         pthread_join(th[i], NULL);
         assert_int_equal(next[i], PER_PRODUCER);
     }
     assert_int_equal(atomic_load(&s->wakes), idles);
-    assert_null(kiln_mb_pop_wait(&s->mb.p, &s->mb.c));
+    assert_null(kiln_mb_pop_wait(&s->mb.p, &s->mb.c, NULL));
     free(s);
 }
 
@@ -96,12 +100,49 @@ static void test_idle_then_push_reports_idle_once(void **state)
     assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_ACTIVE);
     /* Not empty: cannot go idle. */
     assert_false(kiln_mb_try_idle(&mb.p, &mb.c));
-    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), a);
-    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), b);
-    assert_null(kiln_mb_pop_wait(&mb.p, &mb.c));
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), b);
+    assert_null(kiln_mb_pop_wait(&mb.p, &mb.c, NULL));
     assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     kiln_msg_free(a);
     kiln_msg_free(b);
+}
+
+/* The pop that takes the last message says so; one with more behind it,
+ * or with a push that came before it, does not. */
+static void test_pop_tells_when_it_emptied_the_queue(void **state)
+{
+    (void)state;
+    struct kiln_mailbox mb;
+    kiln_mb_init(&mb.p, &mb.c);
+    bool emptied = false;
+    assert_null(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied));
+    assert_true(emptied);
+    kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1), *c = kiln_msg_new_words(1);
+    kiln_mb_push(&mb.p, a);
+    kiln_mb_push(&mb.p, b);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), a);
+    assert_false(emptied);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), b);
+    assert_true(emptied);
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
+    /* After the stub went back in: a lone message, then one more. */
+    kiln_mb_push(&mb.p, c);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), c);
+    assert_true(emptied);
+    kiln_mb_push(&mb.p, a);
+    kiln_mb_push(&mb.p, b);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), a);
+    assert_false(emptied);
+    kiln_mb_push(&mb.p, c);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), b);
+    assert_false(emptied);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), c);
+    assert_true(emptied);
+    assert_null(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied));
+    kiln_msg_free(a);
+    kiln_msg_free(b);
+    kiln_msg_free(c);
 }
 
 static void test_dead_mailbox_never_schedules(void **state)
@@ -115,8 +156,8 @@ static void test_dead_mailbox_never_schedules(void **state)
     assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_DEAD);
     assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_ACTIVE);
     /* Whoever reclaims the dead process still finds both, in order. */
-    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), a);
-    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c), b);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
+    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), b);
     kiln_msg_free(a);
     kiln_msg_free(b);
 }
@@ -126,6 +167,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_many_producers_exactly_once_in_order),
         cmocka_unit_test(test_idle_then_push_reports_idle_once),
+        cmocka_unit_test(test_pop_tells_when_it_emptied_the_queue),
         cmocka_unit_test(test_dead_mailbox_never_schedules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
