@@ -332,10 +332,16 @@ int kiln_io_send(int fd, const void *buf, size_t len, int64_t timeout_ms)
 int kiln_io_close(int fd)
 {
     /* Whoever waits on fd is woken (and the kernel lets go of it) before
-     * the number is free to be reused. */
+     * the number is free to be reused. The back ends' locks are taken in
+     * the list's order, and only here while another is held. */
     pthread_mutex_lock(&live_lock);
     for (struct kiln_io *io = live_head; io; io = io->next_live)
-        io->ops->forget_fd(io->rt, fd);
+        io->ops->close_begin(io->rt, fd);
+    int rc = close(fd) == 0 ? KILN_OK : KILN_ESYS;
+    int err = errno;
+    for (struct kiln_io *io = live_head; io; io = io->next_live)
+        io->ops->close_done(io->rt, fd);
     pthread_mutex_unlock(&live_lock);
-    return close(fd) == 0 ? KILN_OK : KILN_ESYS;
+    errno = err;
+    return rc;
 }

@@ -24,7 +24,15 @@ struct kiln_io_backend_ops {
     int (*recv)(struct kiln_proc *p, int fd, void *buf, size_t cap, uint64_t deadline, size_t *got);
     /* One send of at most the iovecs given; *sent may be short. */
     int (*send)(struct kiln_proc *p, int fd, const struct iovec *iov, int iovcnt, uint64_t deadline, size_t *sent);
+    /* What the back end keeps for fd's number is stale: a fresh socket
+     * got the number (the old one was closed with plain close()). */
     void (*forget_fd)(struct kiln_rt *rt, int fd);
+    /* fd is being closed: whoever waits on it is woken or cancelled and
+     * fails with EBADF. The back end's lock is held from close_begin to
+     * close_done, across the close() itself, so nobody starts waiting on
+     * the socket in between (a wait started after it fails). */
+    void (*close_begin)(struct kiln_rt *rt, int fd);
+    void (*close_done)(struct kiln_rt *rt, int fd);
     /* p is dying while it waits on the operation named by p's io_token. */
     void (*abandon)(struct kiln_rt *rt, struct kiln_proc *p);
     /* Every operation is back and freed; the state stays until fini

@@ -41,8 +41,9 @@ static uint32_t wanted(const struct fd_entry *e)
     return (e->rd.pid ? EPOLLIN | EPOLLRDHUP : 0) | (e->wr.pid ? EPOLLOUT : 0);
 }
 
-/* Make the epoll set match who waits on fd. Under lock. */
-static void sync_fd(struct epoll_impl *ep, int fd)
+/* Make the epoll set match who waits on fd. Under lock. 0, or the errno
+ * of a socket that cannot be watched (EBADF: closed). */
+static int sync_fd(struct epoll_impl *ep, int fd)
 {
     struct fd_entry *e = &ep->fds[fd];
     uint32_t ev = wanted(e);
@@ -51,13 +52,17 @@ static void sync_fd(struct epoll_impl *ep, int fd)
         if (e->registered)
             epoll_ctl(ep->epfd, EPOLL_CTL_DEL, fd, NULL);
         e->registered = false;
-        return;
+        return 0;
     }
     if (e->registered && epoll_ctl(ep->epfd, EPOLL_CTL_MOD, fd, &eev) == 0)
-        return;
+        return 0;
     /* New, or the fd was closed and reopened behind our back (ENOENT). */
-    if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &eev) == 0 || errno == EEXIST)
+    if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &eev) == 0 || errno == EEXIST) {
         e->registered = true;
+        return 0;
+    }
+    e->registered = false;
+    return errno;
 }
 
 /* closed: the socket is being closed (aux32 = 1 tells wait_ready). */
@@ -157,7 +162,15 @@ static int wait_ready(struct kiln_proc *p, int fd, bool write, uint64_t deadline
     }
     w->pid = p->pid;
     w->id = id;
-    sync_fd(ep, fd);
+    int err = sync_fd(ep, fd);
+    if (err) {
+        /* Closed (kiln_io_close holds the lock across the close, so it
+         * came before us): waiting would be for good. */
+        w->pid = 0;
+        sync_fd(ep, fd);
+        pthread_mutex_unlock(&ep->lock);
+        return kiln_io_fail(p, err);
+    }
     pthread_mutex_unlock(&ep->lock);
 
     struct kiln_proc_ext *e = kiln_proc_ext(p);
@@ -276,6 +289,21 @@ static void e_forget_fd(kiln_rt *rt, int fd)
     pthread_mutex_unlock(&ep->lock);
 }
 
+static void e_close_begin(kiln_rt *rt, int fd)
+{
+    struct epoll_impl *ep = rt->io->impl;
+    pthread_mutex_lock(&ep->lock);
+    if (fd >= 0 && (size_t)fd < ep->cap)
+        release_waiters(ep, fd, true, true, true);
+}
+
+static void e_close_done(kiln_rt *rt, int fd)
+{
+    (void)fd;
+    struct epoll_impl *ep = rt->io->impl;
+    pthread_mutex_unlock(&ep->lock);
+}
+
 static void e_stop(kiln_rt *rt)
 {
     struct epoll_impl *ep = rt->io->impl;
@@ -298,6 +326,8 @@ static const struct kiln_io_backend_ops epoll_ops = {
     .recv = e_recv,
     .send = e_send,
     .forget_fd = e_forget_fd,
+    .close_begin = e_close_begin,
+    .close_done = e_close_done,
     .abandon = e_abandon,
     .stop = e_stop,
 };

@@ -392,11 +392,18 @@ static void u_abandon(kiln_rt *rt, struct kiln_proc *p)
     pthread_mutex_unlock(&u->lock);
 }
 
-/* An operation in flight holds the socket's file: after close() alone
- * its process would wait (and the connection stay open) until data came,
- * and a multishot receive would hold it for good. Every operation on fd
- * is cancelled; its process gets EBADF (see result()). */
+/* A multishot receive would hold the socket open. */
 static void u_forget_fd(kiln_rt *rt, int fd)
+{
+    kiln_uring_rx_forget(rt->io->impl, fd);
+}
+
+/* An operation in flight holds the socket's file: after close() alone its
+ * process would wait (and the connection stay open) until data came. Every
+ * operation on fd is cancelled (its process gets EBADF, see result()), and
+ * the lock, which every submission takes, is held until the close is done:
+ * an operation submitted after the cancel would hold the file again. */
+static void u_close_begin(kiln_rt *rt, int fd)
 {
     struct uring_impl *u = rt->io->impl;
     kiln_uring_rx_forget(u, fd);
@@ -407,6 +414,12 @@ static void u_forget_fd(kiln_rt *rt, int fd)
         io_uring_sqe_set_data64(sqe, UD_IGNORE);
         io_uring_submit(&u->ring);
     }
+}
+
+static void u_close_done(kiln_rt *rt, int fd)
+{
+    (void)fd;
+    struct uring_impl *u = rt->io->impl;
     pthread_mutex_unlock(&u->lock);
 }
 
@@ -467,6 +480,8 @@ static const struct kiln_io_backend_ops uring_ops = {
     .recv = u_recv,
     .send = u_send,
     .forget_fd = u_forget_fd,
+    .close_begin = u_close_begin,
+    .close_done = u_close_done,
     .abandon = u_abandon,
     .stop = u_stop,
     .fini = u_fini,
