@@ -91,6 +91,9 @@ static inline bool kiln_arena_reserve(kiln_msg *m, size_t n)
 
 /* A message sized for n words of terms without growing. */
 kiln_msg *kiln_msg_new_words(size_t n);
+/* The words of arena kiln_msg_new_words(n) gives: n, or for a small
+ * message more, up to the allocator's size class. */
+size_t kiln_msg_arena_words(size_t n);
 /* A signal with no payload terms beyond from/aux/root set by the caller. */
 kiln_msg *kiln_signal_new(enum kiln_msg_kind kind, size_t words);
 

@@ -21,9 +21,9 @@ static uint64_t thread_allocated(void)
 }
 #endif
 
-/* Sizes seen once (as while a server starts) must not hold the spare
- * classes for good: a size used over and over afterwards is served from
- * freed blocks, not from the allocator. */
+/* Sizes seen once (as while a server starts) must not keep another size
+ * from being reused: five sizes freed, then the last of them used over and
+ * over, is served from freed blocks, not from the allocator. */
 static void test_blocks_follow_the_sizes_in_use(void **state)
 {
     (void)state;
