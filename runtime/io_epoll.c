@@ -277,18 +277,10 @@ static void e_abandon(kiln_rt *rt, struct kiln_proc *p)
     pthread_mutex_unlock(&ep->lock);
 }
 
-static void e_forget_fd(kiln_rt *rt, int fd)
-{
-    struct epoll_impl *ep = rt->io->impl;
-    pthread_mutex_lock(&ep->lock);
-    /* Anyone still waiting fails with EBADF rather than try again: the
-     * socket may still be open when it runs, and its retry would wait on
-     * it afresh, after which the close would leave it waiting for good. */
-    if (fd >= 0 && (size_t)fd < ep->cap)
-        release_waiters(ep, fd, true, true, true);
-    pthread_mutex_unlock(&ep->lock);
-}
-
+/* Anyone still waiting fails with EBADF rather than try again: the socket
+ * may still be open when it runs, and its retry would wait on it afresh,
+ * after which the close would leave it waiting for good. The lock stays
+ * held until e_close_done. */
 static void e_close_begin(kiln_rt *rt, int fd)
 {
     struct epoll_impl *ep = rt->io->impl;
@@ -302,6 +294,14 @@ static void e_close_done(kiln_rt *rt, int fd)
     (void)fd;
     struct epoll_impl *ep = rt->io->impl;
     pthread_mutex_unlock(&ep->lock);
+}
+
+/* Waiters left on a number that was closed with plain close() are told as
+ * at a kiln_io_close. */
+static void e_forget_fd(kiln_rt *rt, int fd)
+{
+    e_close_begin(rt, fd);
+    e_close_done(rt, fd);
 }
 
 static void e_stop(kiln_rt *rt)
