@@ -32,6 +32,8 @@
 #else
 #define SPARE_MAX 512
 #endif
+
+#if SPARE_MAX > 0
 #define SPARE_COUNT 64
 #define SPARE_SLOTS 12 /* 80..128 by 16, 160..256 by 32, 320..512 by 64 */
 
@@ -91,13 +93,18 @@ static bool spare_keep(void *m, size_t size)
     s->blk[i][s->n[i]++] = m;
     return true;
 }
+#endif
 
 /* No minimum size: a message that carries only an immediate is its header
  * alone (80 bytes), which matters when millions are queued. */
 size_t kiln_msg_arena_words(size_t n)
 {
+#if SPARE_MAX > 0
     size_t need = sizeof(kiln_msg) + n * 8;
-    return need <= SPARE_MAX ? (spare_round(need) - sizeof(kiln_msg)) / 8 : n;
+    if (need <= SPARE_MAX)
+        return (spare_round(need) - sizeof(kiln_msg)) / 8;
+#endif
+    return n;
 }
 
 kiln_msg *kiln_msg_new_words(size_t n)
@@ -106,6 +113,7 @@ kiln_msg *kiln_msg_new_words(size_t n)
         return NULL;
     size_t need = sizeof(kiln_msg) + n * 8;
     kiln_msg *m = NULL;
+#if SPARE_MAX > 0
     if (need <= SPARE_MAX) {
         /* The arena gets the slack up to the class (inline_words records
          * it, so the block is freed at the size it was made with). */
@@ -113,6 +121,7 @@ kiln_msg *kiln_msg_new_words(size_t n)
         n = (need - sizeof(kiln_msg)) / 8;
         m = spare_take(need);
     }
+#endif
     if (!m)
         m = kiln_malloc_sized(need);
     if (!m)
@@ -155,8 +164,10 @@ void kiln_msg_free(kiln_msg *m)
         c = next;
     }
     size_t size = sizeof(kiln_msg) + m->inline_words * 8;
+#if SPARE_MAX > 0
     if (size <= SPARE_MAX && spare_keep(m, size))
         return;
+#endif
     kiln_free_sized(m, size);
 }
 
