@@ -30,6 +30,8 @@ static bool tag_is_ours(kiln_rt *rt, kiln_term tag, uint64_t n)
 static bool match_reply(kiln_msg *m, void *arg)
 {
     struct call_wait *cw = arg;
+    if (m->flags & KILN_MF_REPLY)
+        return m->aux == cw->n;
     if (m->kind != KILN_MK_USER && m->kind != KILN_MK_ALIAS_MSG)
         return false;
     kiln_term t = m->root;
@@ -47,6 +49,17 @@ static bool match_reply(kiln_msg *m, void *arg)
  * target is KILN_NONE because it already dropped its side. */
 static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
 {
+    struct kiln_proc_ext *e = p->ext;
+    if (n == e->call_n) {
+        if (e->call_monitoring && !kiln_is_none(target))
+            kiln_demonitor_target(p, &(struct kiln_monitor){n, e->call_target, KILN_NONE, KILN_NONE, NULL});
+        e->call_n = 0;
+        if (e->call_monitoring) {
+            e->call_monitoring = false;
+            atomic_store_explicit(&e->nmonitors, e->monitors.len, memory_order_relaxed);
+        }
+        return;
+    }
     struct kiln_monitor mon;
     if (kiln_monitor_del(p, true, n, &mon)) {
         if (!kiln_is_none(target))
@@ -73,7 +86,7 @@ static int finish(struct kiln_proc *p, uint64_t n, kiln_term target, kiln_msg *m
                   kiln_msg **reason)
 {
     kiln_term t = m->root;
-    if (kiln_tuple_arity(t) == 5) {
+    if (!(m->flags & KILN_MF_REPLY) && kiln_tuple_arity(t) == 5) {
         /* DOWN: the monitor is already gone; drop the alias. */
         forget(p, n, target);
         kiln_term why = kiln_tuple_get(t, 4);
@@ -89,7 +102,8 @@ static int finish(struct kiln_proc *p, uint64_t n, kiln_term target, kiln_msg *m
     }
     /* A local server that replied itself dropped its side of the monitor. */
     forget(p, n, (m->flags & KILN_MF_DEMONITORED) ? KILN_NONE : target);
-    m->root = kiln_tuple_get(t, 1);
+    if (!(m->flags & KILN_MF_REPLY))
+        m->root = kiln_tuple_get(t, 1);
     m->kind = KILN_MK_USER;
     m->flags = 0;
     *reply = m;
@@ -174,28 +188,40 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
 
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
-    struct kiln_monitor mon = {n, target, KILN_NONE, KILN_NONE, NULL};
-    uint64_t alias_entry = n;
     kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
     kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
     kiln_term from = kiln_tuple2(request, p->pid, tag);
     kiln_term call = kiln_tuple3(request, KILN_ATOM_GEN_CALL, from, request->root);
-    if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
+    if (!e || kiln_is_none(call)) {
         kiln_msg_free(request);
         return KILN_ENOMEM;
     }
-    if (!kiln_monitor_add(p, true, &mon)) {
-        forget(p, n, KILN_NONE);
-        kiln_msg_free(request);
-        return KILN_ENOMEM;
+    if (!e->call_n) {
+        e->call_n = n;
+        e->call_target = target;
+        e->call_monitoring = true;
+        atomic_store_explicit(&e->nmonitors, e->monitors.len + 1, memory_order_relaxed);
+    } else {
+        struct kiln_monitor mon = {n, target, KILN_NONE, KILN_NONE, NULL};
+        uint64_t alias_entry = n;
+        if (!kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
+            kiln_msg_free(request);
+            return KILN_ENOMEM;
+        }
+        if (!kiln_monitor_add(p, true, &mon)) {
+            forget(p, n, KILN_NONE);
+            kiln_msg_free(request);
+            return KILN_ENOMEM;
+        }
     }
     request->root = call;
     request->kind = KILN_MK_USER;
     request->flags = KILN_MF_MONITOR;
     request->from = p->pid;
     request->aux = n;
-    /* A target that died since we looked answers with DOWN noproc. */
-    kiln_route(rt, target, request);
+    /* A target that died since we looked answers with DOWN noproc. Inside
+     * a process run, so inside its worker's epoch section. */
+    kiln_deliver_in_section(rt, target, request);
 
     struct call_wait cw = {rt, n};
     kiln_msg *m;
@@ -232,8 +258,21 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
     kiln_term dest = to_alias ? kiln_tl(src_tag) : pid;
     uint64_t n;
     kiln_term apid, tag;
-    if (to_alias && kiln_ref_number(rt, dest, &n, &apid)) {
-        /* Our own alias: rebuild [alias|Ref] rather than deep-copy it. */
+    bool ours = to_alias && kiln_ref_number(rt, dest, &n, &apid);
+    if (ours && !kiln_is_none(apid)) {
+        /* A local caller's alias: the reply goes as it is, flagged, and the
+         * caller's call takes it without the {[alias|Ref], Reply} wrapping;
+         * anyone else it reaches gets it wrapped at the drain (signal.c). */
+        if (kiln_monitor_del(self, false, n, NULL))
+            reply->flags |= KILN_MF_DEMONITORED;
+        reply->flags |= KILN_MF_REPLY;
+        reply->kind = KILN_MK_ALIAS_MSG;
+        reply->aux = n;
+        int rc = kiln_deliver_in_section(rt, apid, reply);
+        return rc == KILN_ENOPROC ? KILN_OK : rc;
+    }
+    if (ours) {
+        /* Our own reference: rebuild [alias|Ref] rather than deep-copy it. */
         if (kiln_monitor_del(self, false, n, NULL))
             reply->flags |= KILN_MF_DEMONITORED;
         tag = kiln_cons(reply, KILN_ATOM_ALIAS, kiln_ref_term(reply, rt, n, apid));

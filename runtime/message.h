@@ -39,7 +39,11 @@ enum kiln_msg_flag {
     KILN_MF_DEMONITORED = 1u << 1,
     /* A WAKE whose result (from) is a new socket: if nobody takes the
      * message, the socket is closed with it. */
-    KILN_MF_IO_FD = 1u << 2
+    KILN_MF_IO_FD = 1u << 2,
+    /* A reply to a local call's alias (kiln_reply): root is the bare
+     * reply, aux the alias's number. Only that call takes it so; anywhere
+     * else it is wrapped into {[alias|Ref], Reply} as it is drained. */
+    KILN_MF_REPLY = 1u << 3
 };
 
 struct kiln_msg_chunk {

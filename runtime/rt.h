@@ -83,7 +83,16 @@ struct kiln_proc_ext {
     int io_fd;
     bool io_write;
     int io_owned_fd;
-    /* Sizes of the vectors above, readable by other threads (process_info). */
+    /* The local call in flight (call.c): its monitor of call_target and its
+     * reply alias share the number call_n (0: no call). A call makes and
+     * drops both every time, so they live here rather than in the vectors;
+     * a call made while one is in flight (from a terminate callback) uses
+     * the vectors. */
+    uint64_t call_n;
+    kiln_term call_target;
+    bool call_monitoring; /* the monitor has not fired (DOWN) yet */
+    /* Sizes of the vectors above (monitors with the call's), readable by
+     * other threads (process_info). */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
 

@@ -8,6 +8,7 @@
 #include "dist_hooks.h"
 #include "io.h"
 #include "rt.h"
+#include "term_layout.h"
 
 /* ---- small vectors ---- */
 
@@ -32,7 +33,7 @@ void kiln_vec_free(struct kiln_vec *v)
 static void publish_counts(struct kiln_proc_ext *e)
 {
     atomic_store_explicit(&e->nlinks, e->links.len, memory_order_relaxed);
-    atomic_store_explicit(&e->nmonitors, e->monitors.len, memory_order_relaxed);
+    atomic_store_explicit(&e->nmonitors, e->monitors.len + e->call_monitoring, memory_order_relaxed);
     atomic_store_explicit(&e->nmonitored_by, e->monitored_by.len, memory_order_relaxed);
 }
 
@@ -152,6 +153,13 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
     struct kiln_proc_ext *e = p->ext;
     if (!e)
         return false;
+    if (mine && ref == e->call_n && e->call_monitoring) {
+        if (out)
+            *out = (struct kiln_monitor){ref, e->call_target, KILN_NONE, KILN_NONE, NULL};
+        e->call_monitoring = false;
+        publish_counts(e);
+        return true;
+    }
     struct kiln_vec *v = mine ? &e->monitors : &e->monitored_by;
     int i = find_monitor(v, ref);
     if (i < 0)
@@ -273,6 +281,8 @@ void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m)
 static bool alias_active(struct kiln_proc *p, uint64_t n, bool consume)
 {
     struct kiln_proc_ext *e = p->ext;
+    if (e && n == e->call_n)
+        return true;
     int i = kiln_alias_index(e, n);
     if (i < 0)
         return false;
@@ -309,6 +319,23 @@ static kiln_msg *as_exit_message(struct kiln_proc *p, kiln_msg *m)
     m->root = t;
     m->kind = KILN_MK_USER;
     atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
+    return m;
+}
+
+/* A reply made for a local call that reached another alias of ours (one
+ * made with kiln_alias, passed on in a From): as Erlang delivers it. */
+static kiln_msg *as_reply_message(struct kiln_proc *p, kiln_msg *m)
+{
+    kiln_term ref = kiln_ref_term(m, p->rt, m->aux, p->pid);
+    kiln_term tag = kiln_cons(m, KILN_ATOM_ALIAS, ref);
+    kiln_term t = kiln_tuple2(m, tag, m->root);
+    if (kiln_is_none(t)) {
+        kiln_proc_took(p);
+        kiln_msg_free(m);
+        return NULL;
+    }
+    m->root = t;
+    m->flags &= (uint16_t)~KILN_MF_REPLY;
     return m;
 }
 
@@ -392,7 +419,7 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
         return m;
     case KILN_MK_ALIAS_MSG: {
         if (alias_active(p, m->aux, true))
-            return m;
+            return (m->flags & KILN_MF_REPLY) && m->aux != p->ext->call_n ? as_reply_message(p, m) : m;
         kiln_proc_took(p);
         kiln_msg_free(m);
         return NULL;
@@ -578,7 +605,7 @@ void kiln_demonitor_target(struct kiln_proc *p, const struct kiln_monitor *mon)
     /* The DEMONITOR must carry the very reference the MONITOR did: a
      * call's monitor reference is also its reply alias (call.c), which
      * adds words, and a remote node matches references whole. */
-    kiln_term alias = kiln_alias_index(p->ext, mon->ref) >= 0 ? p->pid : KILN_NONE;
+    kiln_term alias = mon->ref == p->ext->call_n || kiln_alias_index(p->ext, mon->ref) >= 0 ? p->pid : KILN_NONE;
     dm->aux = kiln_ref_term(dm, rt, mon->ref, alias);
     if (kiln_is_local_pid(mon->pid)) {
         kiln_send_signal(rt, mon->pid, dm);
@@ -629,6 +656,10 @@ void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason)
         kiln_demonitor_target(p, &mine[i]);
         kiln_msg_free(mine[i].store);
     }
+    if (e->call_monitoring)
+        kiln_demonitor_target(p, &(struct kiln_monitor){e->call_n, e->call_target, KILN_NONE, KILN_NONE, NULL});
+    e->call_n = 0;
+    e->call_monitoring = false;
     e->links.len = e->monitored_by.len = e->monitors.len = e->aliases.len = 0;
     publish_counts(e);
 }

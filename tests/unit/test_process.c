@@ -328,6 +328,134 @@ static void test_call_timeout_drops_late_reply(void **state)
     kiln_rt_stop(rt);
 }
 
+/* A call's monitor and alias live in a slot of their own (call.c); a call
+ * made while one waits (here from terminate, after an exit signal ended
+ * the process in the middle of its call) uses the general tables. Both
+ * must work, and both monitors show in process_info and go with the
+ * process. */
+struct nested {
+    kiln_term silent, echo;
+    _Atomic int inner_rc, terminated;
+    _Atomic int64_t inner_value;
+};
+
+static kiln_action nested_handle(void *state, kiln_msg *m)
+{
+    struct nested *n = state;
+    (void)m;
+    kiln_msg *reply = NULL;
+    kiln_call(n->silent, kiln_test_msg("hang"), -1, &reply, NULL); /* never answered */
+    kiln_msg_free(reply);
+    return KILN_CONTINUE;
+}
+
+static void nested_terminate(void *state, kiln_term reason)
+{
+    struct nested *n = state;
+    (void)reason;
+    kiln_msg *reply = NULL;
+    int rc = kiln_call(n->echo, kiln_test_msg("~i", (int64_t)7), 1000, &reply, NULL);
+    int64_t v = -1;
+    if (rc == KILN_OK) {
+        kiln_get_int64(kiln_msg_term(reply), &v);
+        kiln_msg_free(reply);
+    }
+    atomic_store(&n->inner_value, v);
+    atomic_store(&n->inner_rc, rc);
+    atomic_store(&n->terminated, 1);
+}
+
+static const kiln_behaviour nested_beh = {"nested", counter_init, nested_handle, nested_terminate};
+
+static bool wait_monitored_by(kiln_rt *rt, kiln_term pid, size_t want)
+{
+    kiln_proc_info info;
+    for (int i = 0; i < 5000; i++) {
+        if (kiln_process_info(rt, pid, &info) == KILN_OK && info.monitored_by == want)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+static void test_call_in_terminate_while_a_call_waits(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    static struct counter silent_state;
+    struct nested n = {0};
+    n.inner_rc = -1;
+    assert_int_equal(kiln_spawn(rt, &counter_beh, &silent_state, NULL, &n.silent), KILN_OK);
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &n.echo), KILN_OK);
+    kiln_term p;
+    assert_int_equal(kiln_spawn(rt, &nested_beh, &n, NULL, &p), KILN_OK);
+    kiln_rt_send(rt, p, kiln_test_msg("go"));
+    assert_true(wait_monitored_by(rt, n.silent, 1));
+    kiln_proc_info info;
+    assert_int_equal(kiln_process_info(rt, p, &info), KILN_OK);
+    assert_int_equal(info.monitors, 1);
+    kiln_rt_exit(rt, p, kiln_atom_c("shutdown"));
+    assert_true(kiln_test_wait_flag(&n.terminated, 5000));
+    assert_int_equal(atomic_load(&n.inner_rc), KILN_OK);
+    assert_int_equal(atomic_load(&n.inner_value), 7);
+    /* The dead caller's monitors went with it: the silent server's too. */
+    assert_true(wait_monitored_by(rt, n.silent, 0));
+    assert_true(wait_monitored_by(rt, n.echo, 0));
+    kiln_rt_stop(rt);
+}
+
+/* A server replying with kiln_reply to an alias its caller made itself
+ * (not through kiln_call): the caller receives {[alias|Alias], Reply}, as
+ * from gen:reply in Erlang. */
+struct alias_res {
+    kiln_term server;
+    int rc;
+    _Atomic int wrapped;
+};
+
+static void alias_caller(void *arg)
+{
+    struct alias_res *r = arg;
+    kiln_msg *refm = kiln_msg_new(64), *req = kiln_msg_new(64);
+    kiln_term alias;
+    r->rc = kiln_alias(false, refm, &alias);
+    if (r->rc != KILN_OK) {
+        kiln_msg_free(refm);
+        kiln_msg_free(req);
+        return;
+    }
+    kiln_term tag = kiln_cons(req, kiln_atom_c("alias"), kiln_term_copy(req, alias));
+    kiln_msg_set_term(req, kiln_tuple(req, 3, kiln_atom_c("$gen_call"), kiln_tuple(req, 2, kiln_self(), tag),
+                                      kiln_atom_c("ping")));
+    kiln_send(r->server, req);
+    kiln_msg *m = NULL;
+    r->rc = kiln_receive(kiln_test_any, NULL, 1000, &m);
+    if (r->rc != KILN_OK) {
+        kiln_msg_free(refm);
+        return;
+    }
+    kiln_msg *want = kiln_msg_new(64);
+    kiln_term w = kiln_tuple(want, 2, kiln_cons(want, kiln_atom_c("alias"), kiln_term_copy(want, alias)),
+                             kiln_atom_c("ping"));
+    atomic_store(&r->wrapped, kiln_term_eq(kiln_msg_term(m), w) ? 1 : 2);
+    kiln_msg_free(want);
+    kiln_msg_free(m);
+    kiln_unalias(alias);
+    kiln_msg_free(refm);
+}
+
+static void test_reply_to_a_user_alias_arrives_wrapped(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct alias_res r = {0};
+    assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &r.server), KILN_OK);
+    kiln_test_run_in_process(rt, alias_caller, &r, 5000);
+    assert_int_equal(r.rc, KILN_OK);
+    assert_int_equal(atomic_load(&r.wrapped), 1);
+    kiln_rt_stop(rt);
+}
+
 /* ---- many calls with timeouts do not pile up timers ---- */
 
 struct many_calls {
@@ -767,6 +895,8 @@ int main(void)
         cmocka_unit_test(test_call_and_reply_room),
         cmocka_unit_test(test_calls_with_a_backlog),
         cmocka_unit_test(test_call_timeout_drops_late_reply),
+        cmocka_unit_test(test_call_in_terminate_while_a_call_waits),
+        cmocka_unit_test(test_reply_to_a_user_alias_arrives_wrapped),
         cmocka_unit_test(test_calls_with_timeouts_keep_timers_bounded),
         cmocka_unit_test(test_idle_processes_hold_no_stack),
         cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
