@@ -91,6 +91,11 @@ struct kiln_proc_ext {
     uint64_t call_n;
     kiln_term call_target;
     bool call_monitoring; /* the monitor has not fired (DOWN) yet */
+    /* One local watcher's monitor on this process (by_n, 0: none), kept
+     * out of monitored_by for the same reason: a server gets one with
+     * every call and drops it with the reply. */
+    uint64_t by_n;
+    kiln_term by_pid;
     /* Sizes of the vectors above (monitors with the call's), readable by
      * other threads (process_info). */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;

@@ -34,7 +34,7 @@ static void publish_counts(struct kiln_proc_ext *e)
 {
     atomic_store_explicit(&e->nlinks, e->links.len, memory_order_relaxed);
     atomic_store_explicit(&e->nmonitors, e->monitors.len + e->call_monitoring, memory_order_relaxed);
-    atomic_store_explicit(&e->nmonitored_by, e->monitored_by.len, memory_order_relaxed);
+    atomic_store_explicit(&e->nmonitored_by, e->monitored_by.len + (e->by_n != 0), memory_order_relaxed);
 }
 
 static int find_link(struct kiln_proc_ext *e, kiln_term pid)
@@ -115,6 +115,12 @@ bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor 
     struct kiln_proc_ext *e = kiln_proc_ext(p);
     if (!e)
         return false;
+    if (!mine && !e->by_n && m->ref && kiln_is_local_pid(m->pid) && kiln_is_none(m->name) && kiln_is_none(m->rref)) {
+        e->by_n = m->ref;
+        e->by_pid = m->pid;
+        publish_counts(e);
+        return true;
+    }
     struct kiln_monitor c = *m;
     c.store = NULL;
     if (kiln_is_boxed(c.pid) || kiln_is_boxed(c.rref)) {
@@ -157,6 +163,13 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
         if (out)
             *out = (struct kiln_monitor){ref, e->call_target, KILN_NONE, KILN_NONE, NULL};
         e->call_monitoring = false;
+        publish_counts(e);
+        return true;
+    }
+    if (!mine && e->by_n && ref == e->by_n) {
+        if (out)
+            *out = (struct kiln_monitor){ref, e->by_pid, KILN_NONE, KILN_NONE, NULL};
+        e->by_n = 0;
         publish_counts(e);
         return true;
     }
@@ -651,6 +664,9 @@ void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason)
         kiln_msg_free(tmp);
         kiln_msg_free(by[i].store);
     }
+    if (e->by_n)
+        kiln_send_signal(rt, e->by_pid, kiln_down_signal_new(rt, e->by_n, p->pid, reason));
+    e->by_n = 0;
     struct kiln_monitor *mine = e->monitors.items;
     for (uint32_t i = 0; i < e->monitors.len; i++) {
         kiln_demonitor_target(p, &mine[i]);
