@@ -65,6 +65,14 @@ kiln_mb_pop_result kiln_mb_pop(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, 
  * a drain can stop without one more pop to find out (a push after that
  * point is after the drain, as if it had come a moment later). */
 kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool *emptied);
+/* Owner only: nothing in the queue, not even a push in flight (what
+ * kiln_mb_pop would answer EMPTY), in a few loads rather than a call. */
+static inline bool kiln_mb_empty(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
+{
+    kiln_msg *stub = (kiln_msg *)(void *)&c->stub;
+    return c->tail == stub && !atomic_load_explicit(&c->stub.next, memory_order_acquire) &&
+           (atomic_load_explicit(&pr->head, memory_order_acquire) & ~KILN_MB_BITS) == (uintptr_t)stub;
+}
 /* Owner only: mark idle if the queue is empty. False if messages arrived
  * (the owner must keep running). */
 bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);

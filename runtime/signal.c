@@ -561,7 +561,7 @@ void kiln_proc_trim(struct kiln_proc *p)
     }
 }
 
-void kiln_proc_drain(struct kiln_proc *p)
+void kiln_proc_drain_queue(struct kiln_proc *p)
 {
     kiln_msg *m;
     bool emptied = false;
