@@ -39,21 +39,23 @@
 
 _Static_assert(sizeof(kiln_msg) == 80, "the spare slots start at an 80-byte header");
 
-/* The size class of a block of `need` bytes (need <= SPARE_MAX). */
-static inline size_t spare_round(size_t need)
-{
-    return need <= 128 ? (need + 15) & ~(size_t)15
-         : need <= 256 ? (need + 31) & ~(size_t)31
-                       : (need + 63) & ~(size_t)63;
-}
+/* A message's arena words (the block is an 80-byte header and 8 bytes a
+ * word) decide its size class; the slot of n words, for every n a spare
+ * block can hold, is one load from this table rather than a chain of
+ * compares on each allocation and free. */
+#define SPARE_WORDS ((SPARE_MAX - 80) / 8)
+#define SLOT_OF_SIZE(z) ((z) <= 128 ? ((z) - 65) / 16 : (z) <= 256 ? 4 + ((z) - 129) / 32 : 8 + ((z) - 257) / 64)
+#define SLOT_OF(n) [n] = SLOT_OF_SIZE(80 + 8 * (n))
+#define SLOTS_OF_8(n) SLOT_OF(n), SLOT_OF(n + 1), SLOT_OF(n + 2), SLOT_OF(n + 3), SLOT_OF(n + 4), SLOT_OF(n + 5), \
+                      SLOT_OF(n + 6), SLOT_OF(n + 7)
+static const uint8_t slot_of_words[56] = {
+    SLOTS_OF_8(0), SLOTS_OF_8(8), SLOTS_OF_8(16), SLOTS_OF_8(24), SLOTS_OF_8(32), SLOTS_OF_8(40), SLOTS_OF_8(48)};
+_Static_assert(SPARE_WORDS < 56, "slot_of_words covers every spare size");
+/* The arena words of each slot's class: 80..128 bytes by 16, 160..256 by
+ * 32, 320..512 by 64. */
+static const uint8_t slot_words[SPARE_SLOTS] = {0, 2, 4, 6, 10, 14, 18, 22, 30, 38, 46, 54};
 
-/* The slot of a class size. */
-static inline unsigned spare_slot(size_t size)
-{
-    return size <= 128 ? (unsigned)(size - 80) / 16 : size <= 256 ? 4 + (unsigned)(size - 160) / 32 : 8 + (unsigned)(size - 320) / 64;
-}
-
-static size_t slot_size(unsigned i) { return i < 4 ? 80 + 16 * i : i < 8 ? 160 + 32 * (i - 4) : 320 + 64 * (i - 8); }
+static size_t slot_size(unsigned i) { return sizeof(kiln_msg) + 8 * (size_t)slot_words[i]; }
 
 struct spares {
     unsigned n[SPARE_SLOTS];
@@ -71,23 +73,22 @@ static void spare_release(void *table)
 static struct kiln_tls_table spare_table = KILN_TLS_TABLE(sizeof(struct spares), spare_release);
 static KILN_TLS void *tl_spares; /* NULL until the thread's first free of a small message */
 
-/* size: a class size. */
-static void *spare_take(size_t size)
+/* i: a slot. */
+static void *spare_take(unsigned i)
 {
     struct spares *s = tl_spares;
-    unsigned i = spare_slot(size);
     return s && s->n[i] ? s->blk[i][--s->n[i]] : NULL;
 }
 
 /* False when the block must go back to the allocator. */
-static bool spare_keep(void *m, size_t size)
+static bool spare_keep(void *m, size_t words)
 {
-    if (spare_round(size) != size)
+    unsigned i = slot_of_words[words];
+    if (slot_words[i] != words)
         return false; /* not made by kiln_msg_new_words: no slot fits it */
     struct spares *s = tl_spares;
     if (!s && !(s = kiln_tls_table_new(&spare_table, &tl_spares)))
         return false;
-    unsigned i = spare_slot(size);
     if (s->n[i] == SPARE_COUNT)
         return false;
     s->blk[i][s->n[i]++] = m;
@@ -100,9 +101,8 @@ static bool spare_keep(void *m, size_t size)
 size_t kiln_msg_arena_words(size_t n)
 {
 #if SPARE_MAX > 0
-    size_t need = sizeof(kiln_msg) + n * 8;
-    if (need <= SPARE_MAX)
-        return (spare_round(need) - sizeof(kiln_msg)) / 8;
+    if (n <= SPARE_WORDS)
+        return slot_words[slot_of_words[n]];
 #endif
     return n;
 }
@@ -111,19 +111,18 @@ kiln_msg *kiln_msg_new_words(size_t n)
 {
     if (n > (SIZE_MAX - sizeof(kiln_msg)) / 8)
         return NULL;
-    size_t need = sizeof(kiln_msg) + n * 8;
     kiln_msg *m = NULL;
 #if SPARE_MAX > 0
-    if (need <= SPARE_MAX) {
+    if (n <= SPARE_WORDS) {
         /* The arena gets the slack up to the class (inline_words records
          * it, so the block is freed at the size it was made with). */
-        need = spare_round(need);
-        n = (need - sizeof(kiln_msg)) / 8;
-        m = spare_take(need);
+        unsigned i = slot_of_words[n];
+        n = slot_words[i];
+        m = spare_take(i);
     }
 #endif
     if (!m)
-        m = kiln_malloc_sized(need);
+        m = kiln_malloc_sized(sizeof(kiln_msg) + n * 8);
     if (!m)
         return NULL;
     atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
@@ -163,12 +162,12 @@ void kiln_msg_free(kiln_msg *m)
         kiln_free_sized(c, sizeof(*c) + c->words * 8);
         c = next;
     }
-    size_t size = sizeof(kiln_msg) + m->inline_words * 8;
+    size_t words = m->inline_words;
 #if SPARE_MAX > 0
-    if (size <= SPARE_MAX && spare_keep(m, size))
+    if (words <= SPARE_WORDS && spare_keep(m, words))
         return;
 #endif
-    kiln_free_sized(m, size);
+    kiln_free_sized(m, sizeof(kiln_msg) + words * 8);
 }
 
 kiln_term *kiln_msg_alloc_words(kiln_msg *m, size_t n)
