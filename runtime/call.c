@@ -181,9 +181,11 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
         target = kiln_whereis(rt, to);
     else if (by_name)
         target = kiln_whereis(rt, kiln_tuple_get(to, 0));
-    if (!kiln_is_local_pid(target) || !kiln_is_alive(rt, target)) {
+    /* A dead target is found by the delivery below, which answers the
+     * call's monitor with DOWN noproc: no look-up of its own first. */
+    if (!kiln_is_local_pid(target)) {
         kiln_msg_free(request);
-        return kiln_is_local_pid(target) || kiln_is_none(target) ? noproc(reason) : KILN_ENOTSUP;
+        return kiln_is_none(target) ? noproc(reason) : KILN_ENOTSUP;
     }
 
     uint64_t n = kiln_ref_next(rt);
@@ -219,8 +221,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
     request->flags = KILN_MF_MONITOR;
     request->from = p->pid;
     request->aux = n;
-    /* A target that died since we looked answers with DOWN noproc. Inside
-     * a process run, so inside its worker's epoch section. */
+    /* Inside a process run, so inside its worker's epoch section. */
     kiln_deliver_in_section(rt, target, request);
 
     struct call_wait cw = {rt, n};
