@@ -264,7 +264,7 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
         /* A local caller's alias: the reply goes as it is, flagged, and the
          * caller's call takes it without the {[alias|Ref], Reply} wrapping;
          * anyone else it reaches gets it wrapped at the drain (signal.c). */
-        if (kiln_monitor_del(self, false, n, NULL))
+        if (kiln_by_slot_drop(self->ext, n) || kiln_monitor_del(self, false, n, NULL))
             reply->flags |= KILN_MF_DEMONITORED;
         reply->flags |= KILN_MF_REPLY;
         reply->kind = KILN_MK_ALIAS_MSG;

@@ -101,6 +101,27 @@ struct kiln_proc_ext {
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
 
+/* The watcher slot: set when a call arrives, cleared by its reply, so
+ * inline. False when taken already (the vector holds the rest). */
+static inline bool kiln_by_slot_take(struct kiln_proc_ext *e, uint64_t n, kiln_term pid)
+{
+    if (e->by_n)
+        return false;
+    e->by_n = n;
+    e->by_pid = pid;
+    atomic_store_explicit(&e->nmonitored_by, e->monitored_by.len + 1, memory_order_relaxed);
+    return true;
+}
+
+static inline bool kiln_by_slot_drop(struct kiln_proc_ext *e, uint64_t n)
+{
+    if (!e || !n || e->by_n != n)
+        return false;
+    e->by_n = 0;
+    atomic_store_explicit(&e->nmonitored_by, e->monitored_by.len, memory_order_relaxed);
+    return true;
+}
+
 /* Status word: a kiln_proc_status, plus this bit while a waiting process
  * holds a stack (set by the scheduler, which owns it at that moment). */
 #define KILN_PS_STACK_BIT 0x100u

@@ -115,12 +115,9 @@ bool kiln_monitor_add(struct kiln_proc *p, bool mine, const struct kiln_monitor 
     struct kiln_proc_ext *e = kiln_proc_ext(p);
     if (!e)
         return false;
-    if (!mine && !e->by_n && m->ref && kiln_is_local_pid(m->pid) && kiln_is_none(m->name) && kiln_is_none(m->rref)) {
-        e->by_n = m->ref;
-        e->by_pid = m->pid;
-        publish_counts(e);
+    if (!mine && m->ref && kiln_is_local_pid(m->pid) && kiln_is_none(m->name) && kiln_is_none(m->rref) &&
+        kiln_by_slot_take(e, m->ref, m->pid))
         return true;
-    }
     struct kiln_monitor c = *m;
     c.store = NULL;
     if (kiln_is_boxed(c.pid) || kiln_is_boxed(c.rref)) {
@@ -169,9 +166,7 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
     if (!mine && e->by_n && ref == e->by_n) {
         if (out)
             *out = (struct kiln_monitor){ref, e->by_pid, KILN_NONE, KILN_NONE, NULL};
-        e->by_n = 0;
-        publish_counts(e);
-        return true;
+        return kiln_by_slot_drop(e, ref);
     }
     struct kiln_vec *v = mine ? &e->monitors : &e->monitored_by;
     int i = find_monitor(v, ref);
@@ -420,10 +415,10 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
     switch ((enum kiln_msg_kind)m->kind) {
     case KILN_MK_USER:
         if (m->flags & KILN_MF_MONITOR) {
-            /* A call that carries its monitor (call.c). */
+            /* A call that carries its monitor (call.c); from is a local pid. */
             struct kiln_monitor mon = {m->aux, m->from, KILN_NONE, KILN_NONE, NULL};
             m->flags &= (uint16_t)~KILN_MF_MONITOR;
-            if (!kiln_monitor_add(p, false, &mon))
+            if ((!p->ext || !kiln_by_slot_take(p->ext, m->aux, m->from)) && !kiln_monitor_add(p, false, &mon))
                 kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, mon.ref, p->pid, kiln_atom_c("system_limit")));
         }
         return m;
