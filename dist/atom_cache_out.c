@@ -21,22 +21,8 @@ void kiln_out_refs_clear(kiln_out_refs *r)
     r->max_header = 1;
 }
 
-static unsigned slot_of(kiln_term atom)
+int kiln_out_refs_add(kiln_out_refs *r, kiln_term atom, unsigned s)
 {
-    /* Any hash does (the slot travels in the header); this one spreads
-     * the atom table's consecutive indices over all 2048. */
-    uint64_t h = (uint64_t)atom * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> 53);
-}
-
-int kiln_out_refs_hook(void *arg, kiln_term atom)
-{
-    kiln_out_refs *r = arg;
-    unsigned s = slot_of(atom);
-    if (r->used[s / 8] & (1u << (s % 8))) {
-        unsigned k = r->ref_of[s];
-        return r->atom[k] == atom ? (int)k : -1;
-    }
     size_t len;
     if (r->n == KILN_ATOM_CACHE_MAX_REFS || !kiln_atom_text(atom, &len))
         return -1;
@@ -48,6 +34,8 @@ int kiln_out_refs_hook(void *arg, kiln_term atom)
     r->max_header += 1 + 3 + len;
     return (int)r->n++;
 }
+
+int kiln_out_refs_hook(void *arg, kiln_term atom) { return kiln_out_refs_index(arg, atom); }
 
 size_t kiln_out_refs_header(const kiln_out_refs *r, kiln_out_cache *c, uint8_t *out)
 {

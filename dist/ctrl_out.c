@@ -95,10 +95,6 @@ static void refs_give_back(kiln_out_refs *r, bool lent)
 static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
-    if (refs) {
-        o.atom_ref = kiln_out_refs_hook;
-        o.atom_ref_arg = refs;
-    }
     kiln_etf_enc *e = tl.enc;
     if (!e) {
         if (!tl_keyed() || !(e = kiln_etf_enc_new(&o)))
@@ -107,6 +103,8 @@ static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs
     } else if (!etf_enc_reuse(e, &o)) {
         return NULL;
     }
+    if (refs)
+        etf_enc_set_refs(e, refs);
     if ((whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t)) != KILN_OK)
         return NULL;
     return e;
