@@ -244,7 +244,8 @@ void kiln_frames_discard(kiln_frames *f)
         kiln_bin_decref(f->cb);
     for (size_t i = 0; i < f->nmp; i++)
         kiln_bin_decref(f->mp[i].bin);
-    kiln_free(f->mp);
+    if (f->mp) /* jemalloc's free(NULL) is no quicker than a free */
+        kiln_free(f->mp);
     if (f->refs)
         refs_give_back(f->refs, f->refs_lent);
     memset(f, 0, offsetof(kiln_frames, small));
@@ -472,6 +473,22 @@ static int out(kiln_node *n, kiln_term peer, kiln_msg *scratch, kiln_term ctrl, 
     return rc;
 }
 
+/* A control tuple in box (room for 1 + arity words), which the caller
+ * keeps on its stack: the tuple lives only while kiln_dist_out encodes it
+ * (or copies it, when the connection is not up yet), and a message to hold
+ * it was an allocation, a free and a variadic kiln_tuple per signal, three
+ * times per remote call. KILN_NONE if an element is, as kiln_tuple. */
+static kiln_term ctrl_tuple(kiln_term *box, size_t arity, const kiln_term *el)
+{
+    box[0] = kiln_make_header(arity, KILN_SUB_TUPLE);
+    bool bad = false;
+    for (size_t i = 0; i < arity; i++) {
+        bad |= el[i] == KILN_NONE;
+        box[1 + i] = el[i];
+    }
+    return bad ? KILN_NONE : kiln_box_term(box);
+}
+
 static kiln_term ref_node(kiln_term ref)
 {
     kiln_term node;
@@ -483,20 +500,20 @@ static kiln_term ref_node(kiln_term ref)
 static int op_send(void *ctx, kiln_term from, kiln_term to, kiln_msg *msg)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = KILN_NONE, peer = KILN_NONE;
-    if (s && kiln_is_pid(to)) {
+    kiln_term box[5], ctrl = KILN_NONE, peer = KILN_NONE;
+    if (kiln_is_pid(to)) {
         peer = kiln_pid_node(to);
-        ctrl = kiln_tuple(s, 3, kiln_small(DOP_SEND), kiln_atom_c(""), to);
-    } else if (s && kiln_is_tuple(to)) {
+        ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_SEND), n->empty_atom, to});
+    } else if (kiln_is_tuple(to)) {
         peer = kiln_tuple_get(to, 1);
-        ctrl = kiln_tuple(s, 4, kiln_small(DOP_REG_SEND), from_or_node(n, from), kiln_atom_c(""), kiln_tuple_get(to, 0));
-    } else if (s && kiln_is_ref(to)) {
+        ctrl = ctrl_tuple(box, 4,
+                          (kiln_term[]){kiln_small(DOP_REG_SEND), from_or_node(n, from), n->empty_atom,
+                                        kiln_tuple_get(to, 0)});
+    } else if (kiln_is_ref(to)) {
         peer = ref_node(to);
-        ctrl = kiln_tuple(s, 3, kiln_small(DOP_ALIAS_SEND), from_or_node(n, from), to);
+        ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_ALIAS_SEND), from_or_node(n, from), to});
     }
     int rc = kiln_is_none(peer) ? KILN_EBADARG : out(n, peer, NULL, ctrl, kiln_msg_term(msg));
-    kiln_msg_free(s);
     kiln_msg_free(msg);
     return rc;
 }
@@ -504,15 +521,15 @@ static int op_send(void *ctx, kiln_term from, kiln_term to, kiln_msg *msg)
 static int op_link(void *ctx, kiln_term from, kiln_term to)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 3, kiln_small(DOP_LINK), from, to) : KILN_NONE;
-    return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
+    kiln_term box[4];
+    kiln_term ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_LINK), from, to});
+    return out(n, kiln_pid_node(to), NULL, ctrl, KILN_NONE);
 }
 
 static int op_unlink(void *ctx, kiln_term from, kiln_term to)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
+    kiln_msg *s = kiln_msg_new(64); /* the id may be a bignum */
     uint64_t id = atomic_fetch_add(&n->unlink_ids, 1);
     kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_UNLINK_ID), kiln_uint(s, id), from, to) : KILN_NONE;
     return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
@@ -521,34 +538,34 @@ static int op_unlink(void *ctx, kiln_term from, kiln_term to)
 static int op_exit(void *ctx, kiln_term from, kiln_term to, kiln_term reason, bool exit2)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(exit2 ? DOP_EXIT2 : DOP_EXIT), from_or_node(n, from), to, reason)
-                       : KILN_NONE;
-    return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl =
+        ctrl_tuple(box, 4, (kiln_term[]){kiln_small(exit2 ? DOP_EXIT2 : DOP_EXIT), from_or_node(n, from), to, reason});
+    return out(n, kiln_pid_node(to), NULL, ctrl, KILN_NONE);
 }
 
 static int op_monitor(void *ctx, kiln_term from, kiln_term target, kiln_term node, kiln_term ref)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_MONITOR_P), from, target, ref) : KILN_NONE;
-    return out(n, node, s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl = ctrl_tuple(box, 4, (kiln_term[]){kiln_small(DOP_MONITOR_P), from, target, ref});
+    return out(n, node, NULL, ctrl, KILN_NONE);
 }
 
 static int op_demonitor(void *ctx, kiln_term from, kiln_term target, kiln_term node, kiln_term ref)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_DEMONITOR_P), from, target, ref) : KILN_NONE;
-    return out(n, node, s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl = ctrl_tuple(box, 4, (kiln_term[]){kiln_small(DOP_DEMONITOR_P), from, target, ref});
+    return out(n, node, NULL, ctrl, KILN_NONE);
 }
 
 static int op_down(void *ctx, kiln_term what, kiln_term watcher, kiln_term ref, kiln_term reason)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 5, kiln_small(DOP_MONITOR_P_EXIT), what, watcher, ref, reason) : KILN_NONE;
-    return out(n, kiln_pid_node(watcher), s, ctrl, KILN_NONE);
+    kiln_term box[6];
+    kiln_term ctrl = ctrl_tuple(box, 5, (kiln_term[]){kiln_small(DOP_MONITOR_P_EXIT), what, watcher, ref, reason});
+    return out(n, kiln_pid_node(watcher), NULL, ctrl, KILN_NONE);
 }
 
 static void op_involve(void *ctx, kiln_term node, kiln_term pid)
