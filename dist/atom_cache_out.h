@@ -36,6 +36,7 @@ typedef struct kiln_out_refs {
     uint16_t slot[KILN_ATOM_CACHE_MAX_REFS];
     size_t n;
     size_t max_header; /* header bytes needed at most (text for every ref) */
+    bool any_long;     /* a ref's text is over 255 bytes */
     uint8_t used[KILN_ATOM_CACHE_SLOTS / 8];      /* slots taken by this message */
     uint8_t ref_of[KILN_ATOM_CACHE_SLOTS];        /* their ref index, where used */
 } kiln_out_refs;

@@ -297,7 +297,8 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
             goto fail;
         kiln_etf_enc_copy(e, kiln_bin_data(f->cb));
     }
-    etf_enc_trim(e, ENC_KEEP);
+    /* Not trimmed before the message's encode: that one starts with a
+     * reset, and the trim after it frees what either made big. */
     if (!kiln_is_none(msg)) {
         if (!(e = encode(n, msg, !header, f->refs)))
             goto fail;
@@ -312,19 +313,20 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
             etf_enc_trim(e, ENC_KEEP);
             return KILN_OK;
         }
-        if (ctrl_to_blob(f) != KILN_OK) {
-            etf_enc_trim(e, ENC_KEEP);
+        if (ctrl_to_blob(f) != KILN_OK)
             goto fail;
-        }
         if (encode_pieces(e, f) != KILN_OK)
             goto fail;
         return KILN_OK;
     }
+    etf_enc_trim(e, ENC_KEEP);
     f->is_small = !f->cb && head_max(f, header) + f->clen <= SMALL_FRAME;
     if (!f->is_small && ctrl_to_blob(f) != KILN_OK)
         goto fail;
     return KILN_OK;
 fail:
+    if (tl.enc)
+        etf_enc_trim(tl.enc, ENC_KEEP);
     kiln_frames_discard(f);
     return KILN_ENOMEM;
 }

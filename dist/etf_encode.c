@@ -248,6 +248,15 @@ kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
 bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
 {
     kiln_etf_enc_reset(e);
+    /* A thread's encoder gets the same options term after term: then
+     * there is nothing to copy or to forget (the memo's spelling stands). */
+    if (opts && opts->ctx && opts->ctx->node == e->node && opts->ctx->creation == e->creation &&
+        opts->minor_version == e->o.minor_version && opts->atom_ref == e->o.atom_ref &&
+        opts->atom_ref_arg == e->o.atom_ref_arg &&
+        (opts->iov_threshold ? opts->iov_threshold : KILN_ETF_DEFAULT_IOV_THRESHOLD) == e->o.iov_threshold) {
+        e->refs = NULL;
+        return true;
+    }
     return set_opts(e, opts);
 }
 
