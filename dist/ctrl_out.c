@@ -95,10 +95,6 @@ static void refs_give_back(kiln_out_refs *r, bool lent)
 static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs *refs)
 {
     kiln_etf_enc_opts o = {.ctx = &n->ctx, .minor_version = 2};
-    if (refs) {
-        o.atom_ref = kiln_out_refs_hook;
-        o.atom_ref_arg = refs;
-    }
     kiln_etf_enc *e = tl.enc;
     if (!e) {
         if (!tl_keyed() || !(e = kiln_etf_enc_new(&o)))
@@ -107,6 +103,8 @@ static kiln_etf_enc *encode(kiln_node *n, kiln_term t, bool whole, kiln_out_refs
     } else if (!etf_enc_reuse(e, &o)) {
         return NULL;
     }
+    if (refs)
+        etf_enc_set_refs(e, refs);
     if ((whole ? kiln_etf_enc_whole(e, t) : kiln_etf_enc_term(e, t)) != KILN_OK)
         return NULL;
     return e;
@@ -246,7 +244,8 @@ void kiln_frames_discard(kiln_frames *f)
         kiln_bin_decref(f->cb);
     for (size_t i = 0; i < f->nmp; i++)
         kiln_bin_decref(f->mp[i].bin);
-    kiln_free(f->mp);
+    if (f->mp) /* jemalloc's free(NULL) is no quicker than a free */
+        kiln_free(f->mp);
     if (f->refs)
         refs_give_back(f->refs, f->refs_lent);
     memset(f, 0, offsetof(kiln_frames, small));
@@ -298,7 +297,8 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
             goto fail;
         kiln_etf_enc_copy(e, kiln_bin_data(f->cb));
     }
-    etf_enc_trim(e, ENC_KEEP);
+    /* Not trimmed before the message's encode: that one starts with a
+     * reset, and the trim after it frees what either made big. */
     if (!kiln_is_none(msg)) {
         if (!(e = encode(n, msg, !header, f->refs)))
             goto fail;
@@ -313,19 +313,20 @@ int kiln_frames_prepare(kiln_node *n, uint64_t flags, kiln_term ctrl, kiln_term 
             etf_enc_trim(e, ENC_KEEP);
             return KILN_OK;
         }
-        if (ctrl_to_blob(f) != KILN_OK) {
-            etf_enc_trim(e, ENC_KEEP);
+        if (ctrl_to_blob(f) != KILN_OK)
             goto fail;
-        }
         if (encode_pieces(e, f) != KILN_OK)
             goto fail;
         return KILN_OK;
     }
+    etf_enc_trim(e, ENC_KEEP);
     f->is_small = !f->cb && head_max(f, header) + f->clen <= SMALL_FRAME;
     if (!f->is_small && ctrl_to_blob(f) != KILN_OK)
         goto fail;
     return KILN_OK;
 fail:
+    if (tl.enc)
+        etf_enc_trim(tl.enc, ENC_KEEP);
     kiln_frames_discard(f);
     return KILN_ENOMEM;
 }
@@ -474,6 +475,22 @@ static int out(kiln_node *n, kiln_term peer, kiln_msg *scratch, kiln_term ctrl, 
     return rc;
 }
 
+/* A control tuple in box (room for 1 + arity words), which the caller
+ * keeps on its stack: the tuple lives only while kiln_dist_out encodes it
+ * (or copies it, when the connection is not up yet), and a message to hold
+ * it was an allocation, a free and a variadic kiln_tuple per signal, three
+ * times per remote call. KILN_NONE if an element is, as kiln_tuple. */
+static kiln_term ctrl_tuple(kiln_term *box, size_t arity, const kiln_term *el)
+{
+    box[0] = kiln_make_header(arity, KILN_SUB_TUPLE);
+    bool bad = false;
+    for (size_t i = 0; i < arity; i++) {
+        bad |= el[i] == KILN_NONE;
+        box[1 + i] = el[i];
+    }
+    return bad ? KILN_NONE : kiln_box_term(box);
+}
+
 static kiln_term ref_node(kiln_term ref)
 {
     kiln_term node;
@@ -485,20 +502,20 @@ static kiln_term ref_node(kiln_term ref)
 static int op_send(void *ctx, kiln_term from, kiln_term to, kiln_msg *msg)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = KILN_NONE, peer = KILN_NONE;
-    if (s && kiln_is_pid(to)) {
+    kiln_term box[5], ctrl = KILN_NONE, peer = KILN_NONE;
+    if (kiln_is_pid(to)) {
         peer = kiln_pid_node(to);
-        ctrl = kiln_tuple(s, 3, kiln_small(DOP_SEND), kiln_atom_c(""), to);
-    } else if (s && kiln_is_tuple(to)) {
+        ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_SEND), n->empty_atom, to});
+    } else if (kiln_is_tuple(to)) {
         peer = kiln_tuple_get(to, 1);
-        ctrl = kiln_tuple(s, 4, kiln_small(DOP_REG_SEND), from_or_node(n, from), kiln_atom_c(""), kiln_tuple_get(to, 0));
-    } else if (s && kiln_is_ref(to)) {
+        ctrl = ctrl_tuple(box, 4,
+                          (kiln_term[]){kiln_small(DOP_REG_SEND), from_or_node(n, from), n->empty_atom,
+                                        kiln_tuple_get(to, 0)});
+    } else if (kiln_is_ref(to)) {
         peer = ref_node(to);
-        ctrl = kiln_tuple(s, 3, kiln_small(DOP_ALIAS_SEND), from_or_node(n, from), to);
+        ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_ALIAS_SEND), from_or_node(n, from), to});
     }
     int rc = kiln_is_none(peer) ? KILN_EBADARG : out(n, peer, NULL, ctrl, kiln_msg_term(msg));
-    kiln_msg_free(s);
     kiln_msg_free(msg);
     return rc;
 }
@@ -506,15 +523,15 @@ static int op_send(void *ctx, kiln_term from, kiln_term to, kiln_msg *msg)
 static int op_link(void *ctx, kiln_term from, kiln_term to)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 3, kiln_small(DOP_LINK), from, to) : KILN_NONE;
-    return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
+    kiln_term box[4];
+    kiln_term ctrl = ctrl_tuple(box, 3, (kiln_term[]){kiln_small(DOP_LINK), from, to});
+    return out(n, kiln_pid_node(to), NULL, ctrl, KILN_NONE);
 }
 
 static int op_unlink(void *ctx, kiln_term from, kiln_term to)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
+    kiln_msg *s = kiln_msg_new(64); /* the id may be a bignum */
     uint64_t id = atomic_fetch_add(&n->unlink_ids, 1);
     kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_UNLINK_ID), kiln_uint(s, id), from, to) : KILN_NONE;
     return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
@@ -523,34 +540,34 @@ static int op_unlink(void *ctx, kiln_term from, kiln_term to)
 static int op_exit(void *ctx, kiln_term from, kiln_term to, kiln_term reason, bool exit2)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(exit2 ? DOP_EXIT2 : DOP_EXIT), from_or_node(n, from), to, reason)
-                       : KILN_NONE;
-    return out(n, kiln_pid_node(to), s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl =
+        ctrl_tuple(box, 4, (kiln_term[]){kiln_small(exit2 ? DOP_EXIT2 : DOP_EXIT), from_or_node(n, from), to, reason});
+    return out(n, kiln_pid_node(to), NULL, ctrl, KILN_NONE);
 }
 
 static int op_monitor(void *ctx, kiln_term from, kiln_term target, kiln_term node, kiln_term ref)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_MONITOR_P), from, target, ref) : KILN_NONE;
-    return out(n, node, s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl = ctrl_tuple(box, 4, (kiln_term[]){kiln_small(DOP_MONITOR_P), from, target, ref});
+    return out(n, node, NULL, ctrl, KILN_NONE);
 }
 
 static int op_demonitor(void *ctx, kiln_term from, kiln_term target, kiln_term node, kiln_term ref)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 4, kiln_small(DOP_DEMONITOR_P), from, target, ref) : KILN_NONE;
-    return out(n, node, s, ctrl, KILN_NONE);
+    kiln_term box[5];
+    kiln_term ctrl = ctrl_tuple(box, 4, (kiln_term[]){kiln_small(DOP_DEMONITOR_P), from, target, ref});
+    return out(n, node, NULL, ctrl, KILN_NONE);
 }
 
 static int op_down(void *ctx, kiln_term what, kiln_term watcher, kiln_term ref, kiln_term reason)
 {
     kiln_node *n = ctx;
-    kiln_msg *s = kiln_msg_new(64);
-    kiln_term ctrl = s ? kiln_tuple(s, 5, kiln_small(DOP_MONITOR_P_EXIT), what, watcher, ref, reason) : KILN_NONE;
-    return out(n, kiln_pid_node(watcher), s, ctrl, KILN_NONE);
+    kiln_term box[6];
+    kiln_term ctrl = ctrl_tuple(box, 5, (kiln_term[]){kiln_small(DOP_MONITOR_P_EXIT), what, watcher, ref, reason});
+    return out(n, kiln_pid_node(watcher), NULL, ctrl, KILN_NONE);
 }
 
 static void op_involve(void *ctx, kiln_term node, kiln_term pid)

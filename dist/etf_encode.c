@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dist/atom_cache_out.h"
 #include "dist/etf_internal.h"
 #include "runtime/alloc.h"
 
@@ -36,6 +37,9 @@ struct kiln_etf_enc {
      * known, or too long): every local pid carries it. */
     uint8_t node_enc[NODE_ENC_MAX];
     size_t node_enc_len;
+    /* The distribution's atom cache, looked up inline (etf_enc_set_refs);
+     * NULL: none, or o.atom_ref's. */
+    kiln_out_refs *refs;
     kiln_term last_atom; /* put_atom's memo (0: none) */
     uint8_t last_enc[16];
     size_t last_len;
@@ -219,7 +223,14 @@ static bool set_opts(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
     if (e->node != node0 || e->o.minor_version != minor0)
         e->node_enc_len = 0; /* the node's name is spelled differently now */
     e->last_atom = 0;         /* and the options may spell atoms differently */
+    e->refs = NULL;
     return e->node != KILN_NONE;
+}
+
+void etf_enc_set_refs(kiln_etf_enc *e, kiln_out_refs *refs)
+{
+    e->refs = refs;
+    e->last_atom = 0;
 }
 
 kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
@@ -237,6 +248,15 @@ kiln_etf_enc *kiln_etf_enc_new(const kiln_etf_enc_opts *opts)
 bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts)
 {
     kiln_etf_enc_reset(e);
+    /* A thread's encoder gets the same options term after term: then
+     * there is nothing to copy or to forget (the memo's spelling stands). */
+    if (opts && opts->ctx && opts->ctx->node == e->node && opts->ctx->creation == e->creation &&
+        opts->minor_version == e->o.minor_version && opts->atom_ref == e->o.atom_ref &&
+        opts->atom_ref_arg == e->o.atom_ref_arg &&
+        (opts->iov_threshold ? opts->iov_threshold : KILN_ETF_DEFAULT_IOV_THRESHOLD) == e->o.iov_threshold) {
+        e->refs = NULL;
+        return true;
+    }
     return set_opts(e, opts);
 }
 
@@ -428,6 +448,10 @@ static int put_atom_text(kiln_etf_enc *e, kiln_term a)
  * hook decides afresh each time. */
 static int put_atom(kiln_etf_enc *e, kiln_term a)
 {
+    if (e->refs) {
+        int idx = kiln_out_refs_index(e->refs, a);
+        return idx >= 0 ? put2(e, ETF_ATOM_CACHE_REF, (uint8_t)idx) : put_atom_text(e, a);
+    }
     if (a == e->last_atom && !e->o.atom_ref) {
         uint8_t *w = room(e, sizeof e->last_enc);
         if (!w)
@@ -511,7 +535,26 @@ static int put_float(kiln_etf_enc *e, double f)
 static int put_pid(kiln_etf_enc *e, kiln_term node, uint32_t id, uint32_t serial, uint32_t creation)
 {
     int rc;
-    bool ours = node == e->node && !e->o.atom_ref; /* an atom cache may index it instead */
+    if (e->refs) {
+        /* The node (ours or a peer's, in a monitor or a reply) is almost
+         * always a ref: then the pid is one fixed-size write. */
+        int idx = kiln_out_refs_index(e->refs, node);
+        if (idx >= 0) {
+            uint8_t *w = room(e, 15);
+            if (!w)
+                return KILN_ENOMEM;
+            w[0] = ETF_NEW_PID;
+            w[1] = ETF_ATOM_CACHE_REF;
+            w[2] = (uint8_t)idx;
+            etf_put32(w + 3, id);
+            etf_put32(w + 7, serial);
+            etf_put32(w + 11, creation);
+            advance(e, 15);
+            return KILN_OK;
+        }
+    }
+    /* An atom cache may index the node instead. */
+    bool ours = node == e->node && !e->o.atom_ref && !e->refs;
     if (ours && e->node_enc_len) {
         /* A list of pids spent half its time writing the node's name. The
          * copy is of the whole array (a fixed size is a few stores, a
@@ -618,7 +661,35 @@ static int put_list(kiln_etf_enc *e, kiln_term t)
     return rc ? rc : push(e, EF_LIST, t, n);
 }
 
-/* Boxes other than tuples, maps and binaries: off the hot path. */
+/* NEWER_REFERENCE_EXT, read straight from the box (include/kiln/term.h
+ * gives its layout): through kiln_get_ref it was a copy of the words
+ * first, and a ref rides in every call's monitor, request and reply. */
+static int put_ref(kiln_etf_enc *e, kiln_term t)
+{
+    const kiln_term *p = kiln_box_ptr(t);
+    size_t n = (size_t)(p[2] >> 32);
+    if (n > ETF_MAX_REF_WORDS)
+        return KILN_EBADARG;
+    uint8_t *w = room(e, 3);
+    if (!w)
+        return KILN_ENOMEM;
+    w[0] = ETF_NEWER_REFERENCE;
+    etf_put16(w + 1, (uint16_t)n);
+    advance(e, 3);
+    int rc = put_atom(e, p[1]);
+    if (rc)
+        return rc;
+    if (!(w = room(e, 4 + 4 * ETF_MAX_REF_WORDS)))
+        return KILN_ENOMEM;
+    etf_put32(w, (uint32_t)p[2]);
+    for (size_t i = 0; i < n; i++)
+        etf_put32(w + 4 + 4 * i, (uint32_t)(p[3 + i / 2] >> (32 * (i % 2))));
+    advance(e, 4 + 4 * n);
+    return KILN_OK;
+}
+
+/* Boxes other than tuples, maps, binaries, pids and refs: off the hot
+ * path. */
 static __attribute__((noinline)) int put_box(kiln_etf_enc *e, kiln_term t, unsigned sub)
 {
     switch (sub) {
@@ -635,12 +706,6 @@ static __attribute__((noinline)) int put_box(kiln_etf_enc *e, kiln_term t, unsig
         double f;
         int rc = kiln_get_double(t, &f);
         return rc ? rc : put_float(e, f);
-    }
-    case KILN_SUB_EXT_PID: {
-        kiln_term node;
-        uint32_t id, serial, cre;
-        int rc = kiln_get_ext_pid(t, &node, &id, &serial, &cre);
-        return rc ? rc : put_pid(e, node, id, serial, cre);
     }
     case KILN_SUB_PORT: {
         kiln_term node;
@@ -664,27 +729,6 @@ static __attribute__((noinline)) int put_box(kiln_etf_enc *e, kiln_term t, unsig
         }
         etf_put32(b + k, cre);
         return put(e, b, k + 4);
-    }
-    case KILN_SUB_REF: {
-        kiln_term node;
-        uint32_t cre, w[16];
-        size_t n;
-        int rc = kiln_get_ref(t, &node, &cre, w, &n);
-        if (rc)
-            return rc;
-        if (n > ETF_MAX_REF_WORDS)
-            return KILN_EBADARG;
-        uint8_t h[3] = {ETF_NEWER_REFERENCE};
-        etf_put16(h + 1, (uint16_t)n);
-        if ((rc = put(e, h, 3)) || (rc = put_atom(e, node)))
-            return rc;
-        /* Sized for all of w: GCC's bounds analysis (with -O3, and again
-         * with LTO) loses the n check above and warns on a tighter array. */
-        uint8_t b[4 + 4 * (sizeof w / sizeof w[0])];
-        etf_put32(b, cre);
-        for (size_t i = 0; i < n; i++)
-            etf_put32(b + 4 + 4 * i, w[i]);
-        return put(e, b, 4 + 4 * n);
     }
     case KILN_SUB_EXPORT: {
         kiln_term mod, fun;
@@ -751,6 +795,12 @@ static int put_one(kiln_etf_enc *e, kiln_term t)
                 return rc;
             return push(e, EF_MAP, t, 2 * n);
         }
+        if (sub == KILN_SUB_EXT_PID) {
+            const kiln_term *p = kiln_box_ptr(t);
+            return put_pid(e, p[1], (uint32_t)p[2], (uint32_t)(p[2] >> 32), (uint32_t)p[3]);
+        }
+        if (sub == KILN_SUB_REF)
+            return put_ref(e, t);
         return put_box(e, t, sub);
     }
     if (tag == KILN_TAG_CONS)

@@ -88,6 +88,11 @@ size_t etf_fast_words(size_t len);
  * buffers: one encoder can serve every message a thread sends. false: the
  * local node atom could not be made (e is then unusable until reused). */
 bool etf_enc_reuse(kiln_etf_enc *e, const kiln_etf_enc_opts *opts);
+/* Atoms from now until the next reuse go into refs as ATOM_CACHE_REF
+ * indices, as with kiln_out_refs_hook for o.atom_ref, but looked up inline
+ * (the distribution's encoder; the hook stays for other users). */
+struct kiln_out_refs;
+void etf_enc_set_refs(kiln_etf_enc *e, struct kiln_out_refs *refs);
 /* Empties e and frees any of its buffers larger than keep bytes (a kept
  * encoder should not hold on to the memory of its largest term). */
 void etf_enc_trim(kiln_etf_enc *e, size_t keep);

@@ -245,6 +245,7 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     n->creation = creation;
     n->ctx.node = n->name;
     n->ctx.creation = creation;
+    n->empty_atom = kiln_atom_c("");
     rt->node = n->name;
     rt->creation = creation;
     kiln_term_set_local_node(n->name, creation);

@@ -82,6 +82,7 @@ struct kiln_node {
     uint16_t port, epmd_port;
     int lfd;                        /* distribution listener */
     kiln_etf_ctx ctx;
+    kiln_term empty_atom;           /* '', the unused field of SEND and REG_SEND */
 
     pthread_mutex_t lock;           /* connections */
     struct kiln_conn *conns;

@@ -4,14 +4,17 @@
  * change worth 3% shows (docs/design.md, "Measured").
  *
  *   kiln_icount call|gs_call|oneway N
+ *   kiln_icount remote_call N PEER_NODE CLIENT_NAME COOKIE
  *
  * call: one client function process makes N kiln_calls to an echo server;
  * gs_call: the same through kiln_gs_call to a kiln_gen_server; oneway: a
- * function process sends N messages to a behaviour that counts them. One
- * worker, so the count does not depend on how two threads interleave, and
- * the epoll back end: valgrind does not follow io_uring's shared rings,
- * and the first worker's waits on the ring stall under it (none of these
- * scenarios does I/O). */
+ * function process sends N messages to a behaviour that counts them;
+ * remote_call: this program becomes node CLIENT_NAME, asks PEER_NODE (a
+ * `kiln_bench --serve`) for its echo server and makes N kiln_calls to it,
+ * so the count is the client side of a remote call. One worker, so the
+ * count does not depend on how two threads interleave, and the epoll back
+ * end: valgrind does not follow io_uring's shared rings, and the first
+ * worker's waits on the ring stall under it. */
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +26,7 @@ static sem_t done;
 static long n_ops;
 static kiln_term server;
 static long received;
+static const char *peer_name;
 
 static void die(const char *what, int rc)
 {
@@ -67,9 +71,8 @@ static kiln_gs_ret gs_call(void *state, kiln_term request, kiln_term from)
 
 static const kiln_gen_server gs_echo = {.name = "icount_gs", .init = gs_init, .handle_call = gs_call};
 
-static void caller(void *arg)
+static void call_n(bool through_gs)
 {
-    bool through_gs = arg != NULL;
     for (long i = 0; i < n_ops; i++) {
         kiln_msg *req = kiln_msg_new(64 + KILN_CALL_ROOM);
         if (!req)
@@ -82,6 +85,47 @@ static void caller(void *arg)
             die("call", rc);
         kiln_msg_free(reply);
     }
+}
+
+static void caller(void *arg)
+{
+    call_n(arg != NULL);
+    sem_post(&done);
+}
+
+static bool is_servers(kiln_term t, void *arg)
+{
+    (void)arg;
+    return kiln_match(t, "{servers,_,_,_,_}") == KILN_OK;
+}
+
+/* kiln_bench --serve's handshake: {hello, self()} to its perf_ctl, which
+ * answers {servers, Echo, Par, Receivers, Gs}; then the calls. */
+static void remote_caller(void *arg)
+{
+    (void)arg;
+    kiln_term peer = kiln_atom_c(peer_name);
+    int rc = kiln_node_connect(peer, 10000);
+    if (rc != KILN_OK)
+        die("kiln_node_connect", rc);
+    kiln_msg *to_m = kiln_msg_new(64);
+    kiln_msg *hello = kiln_msg_new(64);
+    if (!to_m || !hello)
+        die("kiln_msg_new", KILN_ENOMEM);
+    kiln_term to = kiln_build(to_m, "{perf_ctl,~A}", peer);
+    kiln_msg_set_term(hello, kiln_build(hello, "{hello,~p}", kiln_self()));
+    rc = kiln_send(to, hello);
+    if (rc != KILN_OK)
+        die("kiln_send(hello)", rc);
+    kiln_msg_free(to_m);
+    kiln_msg *r = NULL;
+    rc = kiln_receive(is_servers, NULL, 10000, &r);
+    if (rc != KILN_OK)
+        die("no {servers, ...} reply from the peer's perf_ctl", rc);
+    if (kiln_match(kiln_msg_term(r), "{servers,~p,_,_,_}", &server) != KILN_OK)
+        die("malformed servers reply", KILN_EBADTERM);
+    call_n(false);
+    kiln_msg_free(r);
     sem_post(&done);
 }
 
@@ -112,11 +156,13 @@ static void sender(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || (n_ops = atol(argv[2])) <= 0) {
-        fprintf(stderr, "usage: kiln_icount call|gs_call|oneway N\n");
+    const char *sc = argc > 1 ? argv[1] : "";
+    bool remote = strcmp(sc, "remote_call") == 0;
+    if (argc != (remote ? 6 : 3) || (n_ops = atol(argv[2])) <= 0) {
+        fprintf(stderr, "usage: kiln_icount call|gs_call|oneway N\n"
+                        "       kiln_icount remote_call N PEER_NODE CLIENT_NAME COOKIE\n");
         return 2;
     }
-    const char *sc = argv[1];
     kiln_rt_config cfg;
     kiln_rt_config_init(&cfg);
     cfg.workers = 1;
@@ -126,8 +172,20 @@ int main(int argc, char **argv)
     if (rc != KILN_OK)
         die("kiln_rt_start", rc);
     sem_init(&done, 0, 0);
+    kiln_node *node = NULL;
     kiln_term pid;
-    if (strcmp(sc, "call") == 0) {
+    if (remote) {
+        kiln_node_config nc;
+        memset(&nc, 0, sizeof nc);
+        nc.name = argv[4];
+        nc.cookie = argv[5];
+        /* perf/icount starts a private EPMD; not finding it is an error. */
+        nc.no_embedded_epmd = true;
+        peer_name = argv[3];
+        rc = kiln_node_start(rt, &nc, &node);
+        if (rc == KILN_OK)
+            rc = kiln_spawn_fn(rt, remote_caller, NULL, NULL, &pid);
+    } else if (strcmp(sc, "call") == 0) {
         rc = kiln_spawn(rt, &echo, NULL, NULL, &server);
         if (rc == KILN_OK)
             rc = kiln_spawn_fn(rt, caller, NULL, NULL, &pid);
@@ -147,6 +205,8 @@ int main(int argc, char **argv)
         die("spawn", rc);
     while (sem_wait(&done) != 0)
         ;
+    if (node && (rc = kiln_node_stop(node)) != KILN_OK)
+        die("kiln_node_stop", rc);
     rc = kiln_rt_stop(rt);
     if (rc != KILN_OK)
         die("kiln_rt_stop", rc);
