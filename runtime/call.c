@@ -110,6 +110,28 @@ static int finish(struct kiln_proc *p, uint64_t n, kiln_term target, kiln_msg *m
     return KILN_OK;
 }
 
+/* {'$gen_call', {Self, [alias|Ref]}, Request} around the request, Ref
+ * being n and an alias of p, in one piece of the request's arena (14
+ * words; KILN_CALL_ROOM leaves room for them). KILN_NONE when out of
+ * memory; *ref gets Ref. */
+static kiln_term call_term(kiln_msg *request, struct kiln_proc *p, uint64_t n, kiln_term *ref)
+{
+    uint64_t *w = kiln_is_none(request->root) ? NULL : kiln_arena_alloc(request, 14);
+    if (!w)
+        return KILN_NONE;
+    *ref = kiln_ref_put(w, p->rt->node, p->rt->creation, n, p->pid);
+    w[5] = KILN_ATOM_ALIAS;
+    w[6] = *ref;
+    w[7] = kiln_make_header(2, KILN_SUB_TUPLE);
+    w[8] = p->pid;
+    w[9] = kiln_cons_term(w + 5);
+    w[10] = kiln_make_header(3, KILN_SUB_TUPLE);
+    w[11] = KILN_ATOM_GEN_CALL;
+    w[12] = kiln_box_term(w + 7);
+    w[13] = request->root;
+    return kiln_box_term(w + 10);
+}
+
 /* A call to a process on another node: as OTP does it, a monitor whose
  * reference is also the reply alias, sent through the node; the reply
  * comes back as ALIAS_SEND and the DOWN (noproc, the exit reason, or
@@ -130,10 +152,8 @@ static int call_remote(struct kiln_proc *p, kiln_term to, kiln_msg *request, int
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
     uint64_t alias_entry = n;
-    kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
-    kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
-    kiln_term from = kiln_tuple2(request, p->pid, tag);
-    kiln_term call = kiln_tuple3(request, KILN_ATOM_GEN_CALL, from, request->root);
+    kiln_term mref;
+    kiln_term call = call_term(request, p, n, &mref);
     /* A remote name monitor keeps the node atom where the pid would be. */
     struct kiln_monitor mon = {n, by_name ? node : to, name, KILN_NONE, NULL};
     if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
@@ -190,10 +210,8 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
 
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
-    kiln_term mref = kiln_ref_term(request, rt, n, p->pid);
-    kiln_term tag = kiln_cons(request, KILN_ATOM_ALIAS, mref);
-    kiln_term from = kiln_tuple2(request, p->pid, tag);
-    kiln_term call = kiln_tuple3(request, KILN_ATOM_GEN_CALL, from, request->root);
+    kiln_term mref;
+    kiln_term call = call_term(request, p, n, &mref);
     if (!e || kiln_is_none(call)) {
         kiln_msg_free(request);
         return KILN_ENOMEM;

@@ -9,7 +9,6 @@
 #include "tls.h"
 
 #define KILN_REF_BLOCK 4096u
-#define KILN_ALIAS_MARK 0x80000000u
 
 static _Atomic uint64_t ref_counter = 1;
 static KILN_TLS uint64_t tl_next, tl_end;
@@ -27,22 +26,8 @@ uint64_t kiln_ref_next(kiln_rt *rt)
 
 kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pid)
 {
-    /* Written as kiln_ref lays a reference out (node, creation | words <<
-     * 32, then the 32-bit words two to a slot), without its checks and its
-     * loop: two of these are built for every call. Both sizes fill two
-     * slots, words 0 and 1 being n. */
     uint64_t *p = m ? kiln_arena_alloc(m, 5) : NULL;
-    if (!p)
-        return KILN_NONE;
-    bool alias = !kiln_is_none(alias_pid);
-    p[0] = kiln_make_header(4, KILN_SUB_REF);
-    p[1] = rt->node;
-    p[2] = (uint64_t)rt->creation | (uint64_t)(alias ? 4 : 3) << 32;
-    p[3] = n;
-    p[4] = alias ? kiln_local_pid_id(alias_pid) |
-                       (uint64_t)(kiln_local_pid_serial(alias_pid) | KILN_ALIAS_MARK) << 32
-                 : 0;
-    return kiln_box_term(p);
+    return p ? kiln_ref_put(p, rt->node, rt->creation, n, alias_pid) : KILN_NONE;
 }
 
 bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid)

@@ -49,6 +49,23 @@ static inline kiln_term kiln_tuple3(kiln_msg *m, kiln_term a, kiln_term b, kiln_
     return kiln_box_term(p);
 }
 
+/* A local reference in 5 words, as kiln_ref lays one out (node, creation
+ * | words << 32, then the 32-bit words two to a slot): words 0 and 1 are
+ * n, and an alias adds words 2 and 3, the pid it routes to (id, serial
+ * marked with KILN_ALIAS_MARK). Two are built for every call. */
+#define KILN_ALIAS_MARK 0x80000000u
+static inline kiln_term kiln_ref_put(uint64_t *p, kiln_term node, uint32_t creation, uint64_t n, kiln_term alias_pid)
+{
+    bool alias = !kiln_is_none(alias_pid);
+    p[0] = kiln_make_header(4, KILN_SUB_REF);
+    p[1] = node;
+    p[2] = (uint64_t)creation | (uint64_t)(alias ? 4 : 3) << 32;
+    p[3] = n;
+    p[4] = alias ? kiln_local_pid_id(alias_pid) | (uint64_t)(kiln_local_pid_serial(alias_pid) | KILN_ALIAS_MARK) << 32
+                 : 0;
+    return kiln_box_term(p);
+}
+
 /* A refcounted blob. The bytes follow the header so one allocation holds both. */
 struct kiln_bin {
     _Atomic size_t refc;
