@@ -210,6 +210,7 @@ struct kiln_worker {
     enum kiln_verdict verdict;
     bool spinning;
     uint32_t tick;
+    uint32_t gq_turn;                 /* the tick at which the global queue gets a look */
     uint32_t next_streak;             /* runnext picks in a row */
     uint32_t run_sends;               /* sends by the running process this run */
     uint64_t rng;
@@ -377,7 +378,13 @@ static inline void kiln_proc_drain(struct kiln_proc *p)
 }
 /* Apply a DROP_OLDEST bound to the save list. Only where no receive holds
  * a position in the list. */
-void kiln_proc_trim(struct kiln_proc *p);
+void kiln_proc_trim_oldest(struct kiln_proc *p);
+/* A DROP_OLDEST bound's trim (only a bounded mailbox has anything to do). */
+static inline void kiln_proc_trim(struct kiln_proc *p)
+{
+    if (p->max_mailbox)
+        kiln_proc_trim_oldest(p);
+}
 /* Answer signals that reached a process after it died. */
 void kiln_signal_answer_dead(kiln_rt *rt, kiln_term dead_pid, kiln_msg *m);
 void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason);

@@ -109,6 +109,7 @@ int kiln_rt_start(const kiln_rt_config *cfg, kiln_rt **out)
         kiln_runq_init(&w->runq);
         w->rt = rt;
         w->index = i;
+        w->gq_turn = 61;
         w->rng = 0x9E3779B97F4A7C15ull * (i + 1);
         ck_epoch_register(&rt->epoch, &w->epoch, NULL);
         if (kiln_timers_init(w) != KILN_OK)

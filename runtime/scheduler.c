@@ -449,7 +449,7 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
         struct kiln_proc *p;
         /* A periodic look at the global queue keeps two processes that feed
          * each other from starving everything queued there. */
-        if (++w->tick % 61 == 0 && (p = gq_pop(rt, w)))
+        if (++w->tick == w->gq_turn && (w->gq_turn += 61, p = gq_pop(rt, w)))
             return found(w, p);
         /* runnext keeps a request/reply pair on one core, but a pair that
          * wakes each other forever would hold it for good: after a run of

@@ -531,7 +531,7 @@ static bool is_countable(const kiln_msg *m)
     return m->kind == KILN_MK_USER || m->kind == KILN_MK_ALIAS_MSG;
 }
 
-void kiln_proc_trim(struct kiln_proc *p)
+void kiln_proc_trim_oldest(struct kiln_proc *p)
 {
     /* DROP_OLDEST bound: drop from the front until the queue fits. */
     while (p->max_mailbox && p->overflow == KILN_OVERFLOW_DROP_OLDEST &&
