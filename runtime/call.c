@@ -277,7 +277,7 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
     kiln_term dest = to_alias ? kiln_tl(src_tag) : pid;
     uint64_t n;
     kiln_term apid, tag;
-    bool ours = to_alias && kiln_ref_number(rt, dest, &n, &apid);
+    bool ours = to_alias && kiln_ref_local(dest, rt->node, rt->creation, &n, &apid);
     if (ours && !kiln_is_none(apid)) {
         /* A local caller's alias: the reply goes as it is, flagged, and the
          * caller's call takes it without the {[alias|Ref], Reply} wrapping;

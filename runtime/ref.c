@@ -32,19 +32,7 @@ kiln_term kiln_ref_term(kiln_msg *m, kiln_rt *rt, uint64_t n, kiln_term alias_pi
 
 bool kiln_ref_number(kiln_rt *rt, kiln_term ref, uint64_t *n, kiln_term *alias_pid)
 {
-    /* Hot on every call and reply: read the box directly (term.h's layout:
-     * node, creation | len << 32, then the words two to a slot). */
-    *alias_pid = KILN_NONE;
-    if (!kiln_is_ref(ref))
-        return false;
-    const kiln_term *p = kiln_box_ptr(ref);
-    uint32_t len = (uint32_t)(p[2] >> 32);
-    if (p[1] != rt->node || (uint32_t)p[2] != rt->creation || len < 3)
-        return false;
-    *n = p[3];
-    if (len == 4 && (uint32_t)(p[4] >> 32) & KILN_ALIAS_MARK)
-        *alias_pid = kiln_local_pid((uint32_t)p[4], (uint32_t)(p[4] >> 32) & ~KILN_ALIAS_MARK);
-    return true;
+    return kiln_ref_local(ref, rt->node, rt->creation, n, alias_pid);
 }
 
 kiln_term kiln_make_ref(kiln_msg *m)

@@ -66,6 +66,25 @@ static inline kiln_term kiln_ref_put(uint64_t *p, kiln_term node, uint32_t creat
     return kiln_box_term(p);
 }
 
+/* The number of a local reference (node and creation ours) and the pid an
+ * alias routes to (KILN_NONE for a plain ref), read straight from the box
+ * kiln_ref_put lays out; false for anything else. Inline: every reply
+ * reads its caller's alias. */
+static inline bool kiln_ref_local(kiln_term ref, kiln_term node, uint32_t creation, uint64_t *n, kiln_term *alias_pid)
+{
+    *alias_pid = KILN_NONE;
+    if (!kiln_is_ref(ref))
+        return false;
+    const kiln_term *p = kiln_box_ptr(ref);
+    uint32_t len = (uint32_t)(p[2] >> 32);
+    if (p[1] != node || (uint32_t)p[2] != creation || len < 3)
+        return false;
+    *n = p[3];
+    if (len == 4 && (uint32_t)(p[4] >> 32) & KILN_ALIAS_MARK)
+        *alias_pid = kiln_local_pid((uint32_t)p[4], (uint32_t)(p[4] >> 32) & ~KILN_ALIAS_MARK);
+    return true;
+}
+
 /* A refcounted blob. The bytes follow the header so one allocation holds both. */
 struct kiln_bin {
     _Atomic size_t refc;
