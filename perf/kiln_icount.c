@@ -13,8 +13,9 @@
  * `kiln_bench --serve`) for its echo server and makes N kiln_calls to it,
  * so the count is the client side of a remote call. One worker, so the
  * count does not depend on how two threads interleave, and the epoll back
- * end: valgrind does not follow io_uring's shared rings, and the first
- * worker's waits on the ring stall under it. */
+ * end: valgrind holds every other thread while one blocks in
+ * io_uring_enter, so the first worker's waits on the ring stall under it
+ * (docs/design.md). */
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -34,9 +34,10 @@ static int choose(const kiln_rt *rt)
     if (env && strcmp(env, "io_uring") == 0)
         return KILN_IO_URING;
 #ifdef KILN_HAVE_VALGRIND
-    /* Under valgrind the io_uring back end's waits stall (a wake-up through
-     * the ring arrives many seconds late; not understood yet, see
-     * docs/design.md): unless asked for, epoll does the job there. */
+    /* Valgrind (3.19) holds its one-thread-at-a-time lock through a
+     * blocking io_uring_enter, so a worker waiting on the ring stops every
+     * other thread, the ones that would wake it included, until its wait
+     * times out (docs/design.md): unless asked for, epoll does the job. */
     if (rt->cfg.io_backend == KILN_IO_AUTO && RUNNING_ON_VALGRIND)
         return KILN_IO_EPOLL;
 #endif
