@@ -132,6 +132,21 @@ static kiln_term call_term(kiln_msg *request, struct kiln_proc *p, uint64_t n, k
     return kiln_box_term(w + 10);
 }
 
+/* The call's alias and monitor in the process's vectors (where the call
+ * slot is taken, or for a remote call). False when out of memory, with
+ * nothing left behind. */
+static bool remember(struct kiln_proc *p, struct kiln_proc_ext *e, const struct kiln_monitor *mon)
+{
+    uint64_t alias_entry = mon->ref;
+    if (!kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry)))
+        return false;
+    if (!kiln_monitor_add(p, true, mon)) {
+        forget(p, mon->ref, KILN_NONE);
+        return false;
+    }
+    return true;
+}
+
 /* A call to a process on another node: as OTP does it, a monitor whose
  * reference is also the reply alias, sent through the node; the reply
  * comes back as ALIAS_SEND and the DOWN (noproc, the exit reason, or
@@ -151,17 +166,11 @@ static int call_remote(struct kiln_proc *p, kiln_term to, kiln_msg *request, int
     kiln_term name = by_name ? kiln_tuple_get(to, 0) : KILN_NONE;
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
-    uint64_t alias_entry = n;
     kiln_term mref;
     kiln_term call = call_term(request, p, n, &mref);
     /* A remote name monitor keeps the node atom where the pid would be. */
     struct kiln_monitor mon = {n, by_name ? node : to, name, KILN_NONE, NULL};
-    if (!e || kiln_is_none(call) || !kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
-        kiln_msg_free(request);
-        return KILN_ENOMEM;
-    }
-    if (!kiln_monitor_add(p, true, &mon)) {
-        forget(p, n, KILN_NONE);
+    if (!e || kiln_is_none(call) || !remember(p, e, &mon)) {
         kiln_msg_free(request);
         return KILN_ENOMEM;
     }
@@ -221,18 +230,9 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
         e->call_target = target;
         e->call_monitoring = true;
         atomic_store_explicit(&e->nmonitors, e->monitors.len + 1, memory_order_relaxed);
-    } else {
-        struct kiln_monitor mon = {n, target, KILN_NONE, KILN_NONE, NULL};
-        uint64_t alias_entry = n;
-        if (!kiln_vec_push(&e->aliases, &alias_entry, sizeof(alias_entry))) {
-            kiln_msg_free(request);
-            return KILN_ENOMEM;
-        }
-        if (!kiln_monitor_add(p, true, &mon)) {
-            forget(p, n, KILN_NONE);
-            kiln_msg_free(request);
-            return KILN_ENOMEM;
-        }
+    } else if (!remember(p, e, &(struct kiln_monitor){n, target, KILN_NONE, KILN_NONE, NULL})) {
+        kiln_msg_free(request);
+        return KILN_ENOMEM;
     }
     request->root = call;
     request->kind = KILN_MK_USER;
