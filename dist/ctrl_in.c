@@ -63,8 +63,9 @@ static int dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t 
     if (rc != KILN_OK)
         return rc;
     if (!f.ctrl) {
-        /* A SEND or SEND_SENDER to a local pid, read without building
-         * the control tuple. Dead or unknown pids drop it, as below. */
+        /* A SEND or SEND_SENDER to a local pid, or an ALIAS_SEND, read
+         * without building the control tuple. Dead or unknown pids and
+         * aliases drop it, as below. */
         kiln_rt_send(rt, f.to, f.msg);
         return KILN_OK;
     }

@@ -106,6 +106,11 @@ struct etf_piece {
     kiln_bin *blob;
 };
 size_t etf_enc_pieces(const kiln_etf_enc *e, struct etf_piece *out, size_t max);
+/* A reference laid out in box as kiln_ref lays one out in an arena, for
+ * one read where a message would be an allocation: box has room for
+ * ETF_REF_BOX_WORDS, 1 <= n <= KILN_REF_MAX_WORDS, node an atom. */
+#define ETF_REF_BOX_WORDS 6
+kiln_term etf_ref_box(kiln_term *box, kiln_term node, uint32_t creation, const uint32_t *words, size_t n);
 /* If t is a refcounted bitstring: its blob (not yet incref'd). */
 kiln_bin *etf_bits_blob(kiln_term t);
 

@@ -21,6 +21,19 @@ size_t etf_bits_words(size_t nbits)
 
 size_t etf_fun_words(size_t len) { return KILN_FUN_BOX_WORDS + len / 8 + (len % 8 != 0); }
 
+_Static_assert(ETF_REF_BOX_WORDS >= 3 + (KILN_REF_MAX_WORDS + 1) / 2, "a reference's box");
+
+kiln_term etf_ref_box(kiln_term *box, kiln_term node, uint32_t creation, const uint32_t *words, size_t n)
+{
+    size_t packed = (n + 1) / 2;
+    box[0] = kiln_make_header(2 + packed, KILN_SUB_REF);
+    box[1] = node;
+    box[2] = (uint64_t)creation | (uint64_t)n << 32;
+    for (size_t i = 0; i < packed; i++)
+        box[3 + i] = words[2 * i] | (2 * i + 1 < n ? (uint64_t)words[2 * i + 1] << 32 : 0);
+    return kiln_box_term(box);
+}
+
 kiln_bin *etf_bits_blob(kiln_term t) { return kiln_binary_box(t)->owner; }
 
 kiln_term etf_ctx_node(const kiln_etf_ctx *ctx)

@@ -8,6 +8,8 @@
 #include "runtime/alloc.h"
 #include "runtime/term_layout.h"
 
+_Static_assert(sizeof(((kiln_frame *)0)->to_box) >= ETF_REF_BOX_WORDS * sizeof(kiln_term), "an alias's box");
+
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_UNLINK = 4, DOP_REG_SEND = 6, DOP_GROUP_LEADER = 7,
     DOP_EXIT2 = 8, DOP_SEND_TT = 12, DOP_EXIT_TT = 13, DOP_REG_SEND_TT = 16, DOP_EXIT2_TT = 18,
@@ -351,14 +353,14 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
     return check(out);
 }
 
-/* ---- SEND and SEND_SENDER to a local process ----
+/* ---- SEND and SEND_SENDER to a local process, ALIAS_SEND ----
  *
- * Most frames are these. Their control tuple is read where it lies (the
- * op, the unused atom or the sender skipped, the destination's fields
- * taken from the bytes) instead of being built into a message that is
- * freed at once. Anything else (another op, a destination on another
- * node or of another creation, an encoding not read here) takes the
- * general way, which also reports every error. */
+ * Most frames are these (ALIAS_SEND carries every call's reply). Their
+ * control tuple is read where it lies (the op, the unused atom or the
+ * sender skipped, the destination's fields taken from the bytes) instead
+ * of being built into a message that is freed at once. Anything else
+ * (another op, a pid on another node or of another creation, an encoding
+ * not read here) takes the general way, which also reports every error. */
 
 /* The atom at p[*at], if it is one that exists already: a text form is
  * looked up, never created (a new atom, or bad text, is left to the
@@ -413,28 +415,63 @@ static bool peek_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *
     return true;
 }
 
+/* A NEWER_REFERENCE_EXT at p[*at], boxed in box as the decoder would
+ * build it; one the decoder refuses is left to it. */
+static bool peek_ref(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs, kiln_term *box,
+                     kiln_term *ref)
+{
+    size_t i = *at;
+    if (len - i < 3 || p[i] != 90)
+        return false;
+    size_t n = etf_get16(p + i + 1);
+    if (n == 0 || n > ETF_MAX_REF_WORDS)
+        return false;
+    i += 3;
+    kiln_term node;
+    if (!peek_atom(p, len, &i, refs, nrefs, &node) || len - i < 4 + 4 * n)
+        return false;
+    uint32_t w[ETF_MAX_REF_WORDS];
+    for (size_t k = 0; k < n; k++)
+        w[k] = etf_get32(p + i + 4 + 4 * k);
+    *ref = etf_ref_box(box, node, etf_get32(p + i), w, n);
+    *at = i + 4 + 4 * n;
+    return true;
+}
+
 /* After the header: {2, Unused, To} or {22, From, To}, To a pid of this
- * node (ctx). *off moves past the control tuple. */
+ * node (ctx), or {33, From, Alias}. *off moves past the control tuple. */
 static bool fast_send(const uint8_t *p, size_t len, size_t *off, const kiln_term *refs, size_t nrefs,
-                      const kiln_etf_decode_opts *opts, int64_t *op, kiln_term *to)
+                      const kiln_etf_decode_opts *opts, kiln_frame *out)
 {
     size_t i = *off;
     const kiln_etf_ctx *ctx = opts->ctx;
-    if (!ctx || ctx->node == KILN_NONE || len - i < 4 || p[i] != 104 || p[i + 1] != 3 || p[i + 2] != 97 ||
-        (p[i + 3] != 2 && p[i + 3] != 22))
+    if (!ctx || ctx->node == KILN_NONE || len - i < 4 || p[i] != 104 || p[i + 1] != 3 || p[i + 2] != 97)
+        return false;
+    uint8_t op = p[i + 3];
+    if (op != 2 && op != 22 && op != 33)
         return false;
     i += 4;
     kiln_term node;
     uint32_t w[3];
-    if (p[i - 1] == 22 ? !peek_pid(p, len, &i, refs, nrefs, &node, w) : !peek_atom(p, len, &i, refs, nrefs, &node))
+    if (op == 2 ? !peek_atom(p, len, &i, refs, nrefs, &node) : !peek_pid(p, len, &i, refs, nrefs, &node, w))
         return false;
-    /* The decoder's rule for a local pid; and SEND without a message is
-     * left to the general way, which refuses it. */
-    if (!peek_pid(p, len, &i, refs, nrefs, &node, w) || node != ctx->node || w[2] != ctx->creation ||
-        w[1] > 0x1FFFFFFFu || i == len)
+    kiln_term to;
+    if (op == 33) {
+        if (!peek_ref(p, len, &i, refs, nrefs, out->to_box, &to))
+            return false;
+    } else {
+        /* The decoder's rule for a local pid. */
+        if (!peek_pid(p, len, &i, refs, nrefs, &node, w) || node != ctx->node || w[2] != ctx->creation ||
+            w[1] > 0x1FFFFFFFu)
+            return false;
+        to = kiln_local_pid(w[0], w[1]);
+    }
+    /* A send without its message is left to the general way, which
+     * refuses it. */
+    if (i == len)
         return false;
-    *op = p[*off + 3];
-    *to = kiln_local_pid(w[0], w[1]);
+    out->op = op;
+    out->to = to;
     *off = i;
     return true;
 }
@@ -470,7 +507,7 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
         return KILN_EPROTO;
     }
     size_t used = 0;
-    if (bare && !s->no_fast_send && fast_send(p, len, &off, refs, nrefs, opts, &out->op, &out->to)) {
+    if (bare && !s->no_fast_send && fast_send(p, len, &off, refs, nrefs, opts, out)) {
         int rc = decode(p + off, len - off, true, opts, refs, nrefs, &out->msg, &used);
         if (rc != KILN_OK)
             return rc;

@@ -23,10 +23,13 @@
 typedef struct kiln_frame {
     kiln_msg *ctrl;  /* root: the control tuple, op checked; NULL for a
                       * SEND or SEND_SENDER to a local process, whose pid
-                      * is then in to */
+                      * is then in to, or an ALIAS_SEND, whose alias is */
     kiln_msg *msg;   /* the message/reason term after it, or NULL */
     int64_t op;
     kiln_term to;
+    /* An alias in to is a reference boxed here (the frame is its
+     * message): valid while this kiln_frame is. */
+    kiln_term to_box[6];
 } kiln_frame;
 
 struct kiln_frag_seq;

@@ -160,9 +160,9 @@ static void test_pass_through_and_header(void **state)
     kiln_frame_state_fini(&s);
 }
 
-/* SEND and SEND_SENDER to a process of this node come out with no
- * control tuple built, the destination in f.to; to anywhere else, or with
- * no_fast_send, the tuple is built as for every other op. */
+/* SEND and SEND_SENDER to a process of this node, and ALIAS_SEND, come
+ * out with no control tuple built, the destination in f.to; to anywhere
+ * else, or with no_fast_send, the tuple is built as for every other op. */
 static void test_send_to_local_pid(void **state)
 {
     (void)state;
@@ -181,6 +181,15 @@ static void test_send_to_local_pid(void **state)
         {kiln_tuple(t, 3, kiln_small(2), kiln_atom_c(""), other_creation), false},
         {kiln_tuple(t, 3, kiln_small(22), here, elsewhere), false},
         {kiln_tuple(t, 4, kiln_small(6), here, kiln_atom_c(""), kiln_atom_c("name")), false},
+        {kiln_tuple(t, 3, kiln_small(33), elsewhere, kiln_ref(t, me.node, 9, (const uint32_t[]){1, 2, 3, 4}, 4)),
+         true},
+        {kiln_tuple(t, 3, kiln_small(33), here,
+                    kiln_ref(t, kiln_atom_c("you@host"), 7, (const uint32_t[]){5, 6, 7, 8, 9}, 5)),
+         true},
+        {kiln_tuple(t, 3, kiln_small(33), here, kiln_ref(t, me.node, 0xFFFFFFFFu, (const uint32_t[]){10}, 1)), true},
+        {kiln_tuple(t, 3, kiln_small(33), kiln_atom_c("notapid"), kiln_ref(t, me.node, 9, (const uint32_t[]){1}, 1)),
+         false},
+        {kiln_tuple(t, 3, kiln_small(33), here, here), false},
     };
     for (int plain = 0; plain < 2; plain++) {
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -194,7 +203,10 @@ static void test_send_to_local_pid(void **state)
             assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(m)), 0);
             if (cases[i].fast && !plain) {
                 assert_null(f.ctrl);
-                assert_true(f.to == kiln_local_pid(5, 1));
+                if (f.op == 33)
+                    assert_int_equal(kiln_term_cmp_exact(f.to, kiln_tuple_get(cases[i].ctrl, 2)), 0);
+                else
+                    assert_true(f.to == kiln_local_pid(5, 1));
             } else {
                 assert_non_null(f.ctrl);
             }
