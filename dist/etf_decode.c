@@ -400,11 +400,18 @@ static int make_atom(const struct dec *d, const struct atom_txt *a, kiln_term *o
     return rc;
 }
 
+static int build_atom_text(struct dec *d, kiln_term *out)
+{
+    struct atom_txt a;
+    int rc = read_atom(d, &a);
+    return rc != KILN_OK ? rc : make_atom(d, &a, out);
+}
+
 /* Pass 2's atom at d->pos: read_atom then make_atom, with a cache ref
- * (every atom of a frame once the peers share a cache) taken at once,
+ * (every atom of a frame once the peers share a cache) taken inline,
  * under read_atom's checks. Pass 2 is never inside a fun's kept bytes
  * (opaque), so such a ref has nothing to note. */
-static int build_atom(struct dec *d, kiln_term *out)
+static inline int build_atom(struct dec *d, kiln_term *out)
 {
     if (have(d, 2) && d->p[d->pos] == ETF_ATOM_CACHE_REF) {
         size_t i = d->p[d->pos + 1];
@@ -414,9 +421,7 @@ static int build_atom(struct dec *d, kiln_term *out)
         d->pos += 2;
         return KILN_OK;
     }
-    struct atom_txt a;
-    int rc = read_atom(d, &a);
-    return rc != KILN_OK ? rc : make_atom(d, &a, out);
+    return build_atom_text(d, out);
 }
 
 /* Big integer magnitude bytes (little-endian) with high zero bytes
