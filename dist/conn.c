@@ -269,7 +269,8 @@ static int read_loop(kiln_node *n, struct kiln_conn *c, uint8_t *buf, size_t hav
          * would otherwise be moved onto itself after every read (glibc
          * copies even then), quadratic in its size. */
         if (off) {
-            memmove(buf, buf + off, have - off);
+            if (have > off) /* mostly every byte was taken */
+                memmove(buf, buf + off, have - off);
             have -= off;
         }
         uint8_t *dst;

@@ -63,9 +63,14 @@ static int dispatch(kiln_node *n, struct kiln_conn *c, const uint8_t *p, size_t 
     if (rc != KILN_OK)
         return rc;
     if (!f.ctrl) {
-        /* A SEND or SEND_SENDER to a local pid, read without building
-         * the control tuple. Dead or unknown pids drop it, as below. */
-        kiln_rt_send(rt, f.to, f.msg);
+        /* Read without building the control tuple (frame.h); each as
+         * below. */
+        if (f.op == DOP_MONITOR_P)
+            kiln_dist_in_monitor(rt, f.from, f.to, f.ref);
+        else if (f.op == DOP_DEMONITOR_P)
+            kiln_dist_in_demonitor(rt, f.from, f.to, f.ref);
+        else
+            kiln_rt_send(rt, f.to, f.msg); /* SEND, SEND_SENDER, ALIAS_SEND */
         return KILN_OK;
     }
     kiln_msg *cm = f.ctrl, *mm = f.msg;

@@ -400,6 +400,30 @@ static int make_atom(const struct dec *d, const struct atom_txt *a, kiln_term *o
     return rc;
 }
 
+static int build_atom_text(struct dec *d, kiln_term *out)
+{
+    struct atom_txt a;
+    int rc = read_atom(d, &a);
+    return rc != KILN_OK ? rc : make_atom(d, &a, out);
+}
+
+/* Pass 2's atom at d->pos: read_atom then make_atom, with a cache ref
+ * (every atom of a frame once the peers share a cache) taken inline,
+ * under read_atom's checks. Pass 2 is never inside a fun's kept bytes
+ * (opaque), so such a ref has nothing to note. */
+static inline int build_atom(struct dec *d, kiln_term *out)
+{
+    if (have(d, 2) && d->p[d->pos] == ETF_ATOM_CACHE_REF) {
+        size_t i = d->p[d->pos + 1];
+        if (!d->o->atom_refs || i >= d->o->n_atom_refs || !kiln_is_atom(d->o->atom_refs[i]))
+            return KILN_EBADTERM;
+        *out = d->o->atom_refs[i];
+        d->pos += 2;
+        return KILN_OK;
+    }
+    return build_atom_text(d, out);
+}
+
 /* Big integer magnitude bytes (little-endian) with high zero bytes
  * dropped: its length, and whether the value is a small. */
 static size_t big_trim(const uint8_t *digits, size_t n)
@@ -863,6 +887,8 @@ static bool checks_itself(uint8_t tag)
     case ETF_LIST:
     case ETF_BINARY:
     case ETF_NEW_PID:
+    case ETF_NEWER_REFERENCE:
+    case ETF_NEW_REFERENCE:
         return true;
     default:
         return false;
@@ -874,14 +900,21 @@ static bool short_of(const struct dec *d, size_t n) { return d->fast && !have(d,
 
 static int build_node_thing(struct dec *d, uint8_t tag, kiln_term *out)
 {
-    struct atom_txt a;
     kiln_term node;
     int rc;
     if (tag == ETF_NEWER_REFERENCE || tag == ETF_NEW_REFERENCE) {
+        /* The fast mode's checks are scan_node_thing's; any error there
+         * has the two passes say which. */
+        if (short_of(d, 2))
+            return KILN_ETRUNCATED;
         size_t n = etf_get16(d->p + d->pos);
         d->pos += 2;
-        if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &node)) != KILN_OK)
+        if (d->fast && (n == 0 || n > ETF_MAX_REF_WORDS))
+            return KILN_EBADTERM;
+        if ((rc = build_atom(d, &node)) != KILN_OK)
             return rc;
+        if (short_of(d, (tag == ETF_NEWER_REFERENCE ? 4 : 1) + 4 * n))
+            return KILN_ETRUNCATED;
         const uint8_t *q = d->p + d->pos;
         uint32_t cre = tag == ETF_NEWER_REFERENCE ? etf_get32(q) : q[0];
         q += tag == ETF_NEWER_REFERENCE ? 4 : 1;
@@ -892,9 +925,9 @@ static int build_node_thing(struct dec *d, uint8_t tag, kiln_term *out)
         *out = kiln_ref(d->m, node, cre, w, n);
         return *out == KILN_NONE ? KILN_ENOMEM : KILN_OK;
     }
-    if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &node)) != KILN_OK)
+    if ((rc = build_atom(d, &node)) != KILN_OK)
         return rc;
-    if (tag == ETF_NEW_PID && short_of(d, 12)) /* the one checks_itself takes */
+    if (tag == ETF_NEW_PID && short_of(d, 12)) /* checks_itself takes it */
         return KILN_ETRUNCATED;
     const uint8_t *q = d->p + d->pos;
     switch (tag) {
@@ -1156,13 +1189,11 @@ static int build(struct dec *d, kiln_term *result)
         case ETF_SMALL_ATOM:
         case ETF_ATOM_UTF8:
         case ETF_SMALL_ATOM_UTF8:
-        case ETF_ATOM_CACHE_REF: {
-            struct atom_txt a;
-            if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &t)) != KILN_OK)
+        case ETF_ATOM_CACHE_REF:
+            if ((rc = build_atom(d, &t)) != KILN_OK)
                 return rc;
             *slot = t;
             break;
-        }
         case ETF_NIL:
             *slot = KILN_NIL;
             d->pos += 1;
@@ -1292,12 +1323,9 @@ static int build(struct dec *d, kiln_term *result)
             *slot = t;
             break;
         case ETF_EXPORT: {
-            struct atom_txt a;
             kiln_term mod, fun;
             d->pos++;
-            if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &mod)) != KILN_OK)
-                return rc;
-            if ((rc = read_atom(d, &a)) != KILN_OK || (rc = make_atom(d, &a, &fun)) != KILN_OK)
+            if ((rc = build_atom(d, &mod)) != KILN_OK || (rc = build_atom(d, &fun)) != KILN_OK)
                 return rc;
             unsigned arity = d->p[d->pos + 1];
             d->pos += 2;

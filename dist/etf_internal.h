@@ -106,6 +106,15 @@ struct etf_piece {
     kiln_bin *blob;
 };
 size_t etf_enc_pieces(const kiln_etf_enc *e, struct etf_piece *out, size_t max);
+/* A reference laid out in box as kiln_ref lays one out in an arena, for
+ * one read where a message would be an allocation: box has room for
+ * ETF_REF_BOX_WORDS, words holds n big-endian u32 as on the wire,
+ * 1 <= n <= KILN_REF_MAX_WORDS, node an atom. */
+#define ETF_REF_BOX_WORDS 6
+kiln_term etf_ref_box(kiln_term *box, kiln_term node, uint32_t creation, const uint8_t *words, size_t n);
+/* The same for kiln_ext_pid, in ETF_EXT_PID_BOX_WORDS. */
+#define ETF_EXT_PID_BOX_WORDS 4
+kiln_term etf_ext_pid_box(kiln_term *box, kiln_term node, uint32_t id, uint32_t serial, uint32_t creation);
 /* If t is a refcounted bitstring: its blob (not yet incref'd). */
 kiln_bin *etf_bits_blob(kiln_term t);
 

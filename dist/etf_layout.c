@@ -21,6 +21,27 @@ size_t etf_bits_words(size_t nbits)
 
 size_t etf_fun_words(size_t len) { return KILN_FUN_BOX_WORDS + len / 8 + (len % 8 != 0); }
 
+_Static_assert(ETF_REF_BOX_WORDS >= 3 + (KILN_REF_MAX_WORDS + 1) / 2, "a reference's box");
+
+kiln_term etf_ref_box(kiln_term *box, kiln_term node, uint32_t creation, const uint8_t *words, size_t n)
+{
+    box[0] = kiln_make_header(2 + (n + 1) / 2, KILN_SUB_REF);
+    box[1] = node;
+    box[2] = (uint64_t)creation | (uint64_t)n << 32;
+    for (size_t k = 0; k < n; k += 2)
+        box[3 + k / 2] = etf_get32(words + 4 * k) | (k + 1 < n ? (uint64_t)etf_get32(words + 4 * k + 4) << 32 : 0);
+    return kiln_box_term(box);
+}
+
+kiln_term etf_ext_pid_box(kiln_term *box, kiln_term node, uint32_t id, uint32_t serial, uint32_t creation)
+{
+    box[0] = kiln_make_header(ETF_EXT_PID_BOX_WORDS - 1, KILN_SUB_EXT_PID);
+    box[1] = node;
+    box[2] = (uint64_t)id | (uint64_t)serial << 32;
+    box[3] = creation;
+    return kiln_box_term(box);
+}
+
 kiln_bin *etf_bits_blob(kiln_term t) { return kiln_binary_box(t)->owner; }
 
 kiln_term etf_ctx_node(const kiln_etf_ctx *ctx)

@@ -8,6 +8,9 @@
 #include "runtime/alloc.h"
 #include "runtime/term_layout.h"
 
+_Static_assert(sizeof(((kiln_frame *)0)->ref_box) >= ETF_REF_BOX_WORDS * sizeof(kiln_term), "a reference's box");
+_Static_assert(sizeof(((kiln_frame *)0)->pid_box) >= ETF_EXT_PID_BOX_WORDS * sizeof(kiln_term), "a pid's box");
+
 enum dop {
     DOP_LINK = 1, DOP_SEND = 2, DOP_EXIT = 3, DOP_UNLINK = 4, DOP_REG_SEND = 6, DOP_GROUP_LEADER = 7,
     DOP_EXIT2 = 8, DOP_SEND_TT = 12, DOP_EXIT_TT = 13, DOP_REG_SEND_TT = 16, DOP_EXIT2_TT = 18,
@@ -351,14 +354,16 @@ static int next_fragment(kiln_frame_state *s, const uint8_t *p, size_t len, cons
     return check(out);
 }
 
-/* ---- SEND and SEND_SENDER to a local process ----
+/* ---- control tuples read in place ----
  *
- * Most frames are these. Their control tuple is read where it lies (the
- * op, the unused atom or the sender skipped, the destination's fields
- * taken from the bytes) instead of being built into a message that is
- * freed at once. Anything else (another op, a destination on another
- * node or of another creation, an encoding not read here) takes the
- * general way, which also reports every error. */
+ * Most frames are SEND or SEND_SENDER to a local process, or a call's
+ * ALIAS_SEND reply, MONITOR_P and DEMONITOR_P. Their control tuple is
+ * read where it lies (the op, the unused atom or the sender skipped, the
+ * rest taken from the bytes, as the decoder would build it) instead of
+ * being built into a message that is freed at once. Anything else
+ * (another op, a destination pid on another node or of another
+ * creation, an encoding not read here) takes the general way, which also
+ * reports every error. */
 
 /* The atom at p[*at], if it is one that exists already: a text form is
  * looked up, never created (a new atom, or bad text, is left to the
@@ -413,28 +418,89 @@ static bool peek_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *
     return true;
 }
 
+/* A NEWER_REFERENCE_EXT at p[*at], boxed in box as the decoder would
+ * build it; one the decoder refuses is left to it. */
+static bool peek_ref(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs, kiln_term *box,
+                     kiln_term *ref)
+{
+    size_t i = *at;
+    if (len - i < 3 || p[i] != 90)
+        return false;
+    size_t n = etf_get16(p + i + 1);
+    if (n == 0 || n > ETF_MAX_REF_WORDS)
+        return false;
+    i += 3;
+    kiln_term node;
+    if (!peek_atom(p, len, &i, refs, nrefs, &node) || len - i < 4 + 4 * n)
+        return false;
+    *ref = etf_ref_box(box, node, etf_get32(p + i), p + i + 4, n);
+    *at = i + 4 + 4 * n;
+    return true;
+}
+
+/* A NEW_PID_EXT at p[*at] as the decoder builds it: a local pid
+ * immediate, any other boxed in box. */
+static bool peek_any_pid(const uint8_t *p, size_t len, size_t *at, const kiln_term *refs, size_t nrefs,
+                         const kiln_etf_ctx *ctx, kiln_term *box, kiln_term *pid)
+{
+    kiln_term node;
+    uint32_t w[3];
+    if (!peek_pid(p, len, at, refs, nrefs, &node, w))
+        return false;
+    *pid = node == ctx->node && w[2] == ctx->creation && w[1] <= 0x1FFFFFFFu ? kiln_local_pid(w[0], w[1])
+                                                                               : etf_ext_pid_box(box, node, w[0], w[1], w[2]);
+    return true;
+}
+
 /* After the header: {2, Unused, To} or {22, From, To}, To a pid of this
- * node (ctx). *off moves past the control tuple. */
-static bool fast_send(const uint8_t *p, size_t len, size_t *off, const kiln_term *refs, size_t nrefs,
-                      const kiln_etf_decode_opts *opts, int64_t *op, kiln_term *to)
+ * node (ctx); {33, From, Alias}; {19|20, From, To, Ref}, To a pid of
+ * this node or a name, with nothing after it. *off moves past the
+ * control tuple. */
+static bool in_place(const uint8_t *p, size_t len, size_t *off, const kiln_term *refs, size_t nrefs,
+                     const kiln_etf_decode_opts *opts, kiln_frame *out)
 {
     size_t i = *off;
     const kiln_etf_ctx *ctx = opts->ctx;
-    if (!ctx || ctx->node == KILN_NONE || len - i < 4 || p[i] != 104 || p[i + 1] != 3 || p[i + 2] != 97 ||
-        (p[i + 3] != 2 && p[i + 3] != 22))
+    if (!ctx || ctx->node == KILN_NONE || len - i < 4 || p[i] != 104 || p[i + 2] != 97)
+        return false;
+    uint8_t arity = p[i + 1], op = p[i + 3];
+    bool monitor = op == 19 || op == 20;
+    if (monitor ? arity != 4 : arity != 3 || (op != 2 && op != 22 && op != 33))
         return false;
     i += 4;
-    kiln_term node;
+    kiln_term node, from = KILN_NONE, to, ref = KILN_NONE;
     uint32_t w[3];
-    if (p[i - 1] == 22 ? !peek_pid(p, len, &i, refs, nrefs, &node, w) : !peek_atom(p, len, &i, refs, nrefs, &node))
+    if (op == 2 ? !peek_atom(p, len, &i, refs, nrefs, &node)
+        : !monitor ? !peek_pid(p, len, &i, refs, nrefs, &node, w)
+                   : !peek_any_pid(p, len, &i, refs, nrefs, ctx, out->pid_box, &from))
         return false;
-    /* The decoder's rule for a local pid; and SEND without a message is
-     * left to the general way, which refuses it. */
-    if (!peek_pid(p, len, &i, refs, nrefs, &node, w) || node != ctx->node || w[2] != ctx->creation ||
-        w[1] > 0x1FFFFFFFu || i == len)
+    if (monitor && i < len && p[i] != 88) {
+        if (!peek_atom(p, len, &i, refs, nrefs, &to))
+            return false;
+    } else if (op != 33) {
+        /* The decoder's rule for a local pid. */
+        if (!peek_pid(p, len, &i, refs, nrefs, &node, w) || node != ctx->node || w[2] != ctx->creation ||
+            w[1] > 0x1FFFFFFFu)
+            return false;
+        to = kiln_local_pid(w[0], w[1]);
+    }
+    /* The alias, or the monitor's reference: both last in their tuple. */
+    if (op == 33 || monitor) {
+        if (!peek_ref(p, len, &i, refs, nrefs, out->ref_box, &ref))
+            return false;
+        if (op == 33) {
+            to = ref;
+            ref = KILN_NONE;
+        }
+    }
+    /* A send without its message, or a monitor with something after it,
+     * is left to the general way, which refuses it. */
+    if (monitor ? i != len : i == len)
         return false;
-    *op = p[*off + 3];
-    *to = kiln_local_pid(w[0], w[1]);
+    out->op = op;
+    out->from = from;
+    out->to = to;
+    out->ref = ref;
     *off = i;
     return true;
 }
@@ -443,7 +509,7 @@ static void frame_clear(kiln_frame *out)
 {
     out->ctrl = out->msg = NULL;
     out->op = 0;
-    out->to = KILN_NONE;
+    out->to = out->from = out->ref = KILN_NONE;
 }
 
 int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const kiln_etf_decode_opts *opts,
@@ -470,7 +536,9 @@ int kiln_frame_parse(kiln_frame_state *s, const uint8_t *p, size_t len, const ki
         return KILN_EPROTO;
     }
     size_t used = 0;
-    if (bare && !s->no_fast_send && fast_send(p, len, &off, refs, nrefs, opts, &out->op, &out->to)) {
+    if (bare && !s->no_fast_send && in_place(p, len, &off, refs, nrefs, opts, out)) {
+        if (off == len)
+            return KILN_OK; /* a monitor's: no message */
         int rc = decode(p + off, len - off, true, opts, refs, nrefs, &out->msg, &used);
         if (rc != KILN_OK)
             return rc;

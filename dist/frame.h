@@ -21,12 +21,18 @@
 #define KILN_FRAME_PARTIAL 1
 
 typedef struct kiln_frame {
-    kiln_msg *ctrl;  /* root: the control tuple, op checked; NULL for a
-                      * SEND or SEND_SENDER to a local process, whose pid
-                      * is then in to */
+    kiln_msg *ctrl;  /* root: the control tuple, op checked; NULL when
+                      * it was read in place (below) */
     kiln_msg *msg;   /* the message/reason term after it, or NULL */
     int64_t op;
-    kiln_term to;
+    /* Read in place: a SEND or SEND_SENDER to a local process (its pid
+     * in to), an ALIAS_SEND (the alias in to), a MONITOR_P or
+     * DEMONITOR_P to a local process or a name (from, to and ref as in
+     * the tuple). A pid of another node or a reference is boxed in the
+     * frame itself, so these terms are valid while the kiln_frame is. */
+    kiln_term to, from, ref;
+    kiln_term pid_box[4];
+    kiln_term ref_box[6];
 } kiln_frame;
 
 struct kiln_frag_seq;

@@ -157,11 +157,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* The frame's destination and message, for comparing the two ways. */
-static void sends(const kiln_frame *f, kiln_term *to, kiln_term *msg)
+/* The frame's parts, for comparing the two ways: a send's destination
+ * and message, a monitor's target, watcher and reference. */
+static void parts(const kiln_frame *f, kiln_term out[4])
 {
-    *to = f->ctrl ? kiln_tuple_get(kiln_msg_term(f->ctrl), 2) : f->to;
-    *msg = f->msg ? kiln_msg_term(f->msg) : KILN_NONE;
+    kiln_term t = f->ctrl ? kiln_msg_term(f->ctrl) : KILN_NONE;
+    bool monitor = f->op == 19 || f->op == 20;
+    out[0] = f->ctrl ? kiln_tuple_get(t, 2) : f->to;
+    out[1] = f->msg ? kiln_msg_term(f->msg) : KILN_NONE;
+    out[2] = !monitor ? KILN_NONE : f->ctrl ? kiln_tuple_get(t, 1) : f->from;
+    out[3] = !monitor ? KILN_NONE : f->ctrl ? kiln_tuple_get(t, 3) : f->ref;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -200,11 +205,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if ((f.ctrl && !kiln_is_tuple(kiln_msg_term(f.ctrl))) || f.op < 1 || f.op != g.op)
                 abort(); /* parse promised a checked control tuple */
             if (!f.ctrl) {
-                kiln_term t1, m1, t2, m2;
-                sends(&f, &t1, &m1);
-                sends(&g, &t2, &m2);
-                if (kiln_term_cmp_exact(t1, t2) != 0 || kiln_term_cmp_exact(m1, m2) != 0)
-                    abort();
+                kiln_term a[4], b[4];
+                parts(&f, a);
+                parts(&g, b);
+                for (int k = 0; k < 4; k++)
+                    if (a[k] != b[k] && (kiln_is_none(a[k]) || kiln_is_none(b[k]) || kiln_term_cmp_exact(a[k], b[k]) != 0))
+                        abort();
             }
             kiln_frame_free(&f);
             kiln_frame_free(&g);

@@ -160,9 +160,9 @@ static void test_pass_through_and_header(void **state)
     kiln_frame_state_fini(&s);
 }
 
-/* SEND and SEND_SENDER to a process of this node come out with no
- * control tuple built, the destination in f.to; to anywhere else, or with
- * no_fast_send, the tuple is built as for every other op. */
+/* SEND and SEND_SENDER to a process of this node, and ALIAS_SEND, come
+ * out with no control tuple built, the destination in f.to; to anywhere
+ * else, or with no_fast_send, the tuple is built as for every other op. */
 static void test_send_to_local_pid(void **state)
 {
     (void)state;
@@ -181,6 +181,15 @@ static void test_send_to_local_pid(void **state)
         {kiln_tuple(t, 3, kiln_small(2), kiln_atom_c(""), other_creation), false},
         {kiln_tuple(t, 3, kiln_small(22), here, elsewhere), false},
         {kiln_tuple(t, 4, kiln_small(6), here, kiln_atom_c(""), kiln_atom_c("name")), false},
+        {kiln_tuple(t, 3, kiln_small(33), elsewhere, kiln_ref(t, me.node, 9, (const uint32_t[]){1, 2, 3, 4}, 4)),
+         true},
+        {kiln_tuple(t, 3, kiln_small(33), here,
+                    kiln_ref(t, kiln_atom_c("you@host"), 7, (const uint32_t[]){5, 6, 7, 8, 9}, 5)),
+         true},
+        {kiln_tuple(t, 3, kiln_small(33), here, kiln_ref(t, me.node, 0xFFFFFFFFu, (const uint32_t[]){10}, 1)), true},
+        {kiln_tuple(t, 3, kiln_small(33), kiln_atom_c("notapid"), kiln_ref(t, me.node, 9, (const uint32_t[]){1}, 1)),
+         false},
+        {kiln_tuple(t, 3, kiln_small(33), here, here), false},
     };
     for (int plain = 0; plain < 2; plain++) {
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -194,7 +203,10 @@ static void test_send_to_local_pid(void **state)
             assert_int_equal(kiln_term_cmp_exact(kiln_msg_term(f.msg), kiln_msg_term(m)), 0);
             if (cases[i].fast && !plain) {
                 assert_null(f.ctrl);
-                assert_true(f.to == kiln_local_pid(5, 1));
+                if (f.op == 33)
+                    assert_int_equal(kiln_term_cmp_exact(f.to, kiln_tuple_get(cases[i].ctrl, 2)), 0);
+                else
+                    assert_true(f.to == kiln_local_pid(5, 1));
             } else {
                 assert_non_null(f.ctrl);
             }
@@ -208,6 +220,67 @@ static void test_send_to_local_pid(void **state)
         }
     }
     kiln_msg_free(m), kiln_msg_free(t);
+}
+
+/* MONITOR_P and DEMONITOR_P to a process of this node or a name come
+ * out with no control tuple built, watcher, target and reference in
+ * f.from, f.to and f.ref as the tuple would hold them; any other target,
+ * or something after the tuple, goes the general way. */
+static void test_monitor_in_place(void **state)
+{
+    (void)state;
+    kiln_etf_ctx me = {.node = kiln_atom_c("me@host"), .creation = 9};
+    kiln_etf_decode_opts o = {.ctx = &me};
+    kiln_msg *t = kiln_msg_new(1024);
+    kiln_term here = kiln_ext_pid(t, me.node, 5, 1, 9), elsewhere = kiln_ext_pid(t, kiln_atom_c("you@host"), 5, 1, 9),
+              ref = kiln_ref(t, kiln_atom_c("you@host"), 3, (const uint32_t[]){1, 2, 3}, 3);
+    struct {
+        kiln_term ctrl;
+        bool fast;
+    } cases[] = {
+        {kiln_tuple(t, 4, kiln_small(19), elsewhere, here, ref), true},
+        {kiln_tuple(t, 4, kiln_small(20), elsewhere, here, ref), true},
+        {kiln_tuple(t, 4, kiln_small(19), elsewhere, kiln_atom_c("a_name"), ref), true},
+        {kiln_tuple(t, 4, kiln_small(20), here, kiln_atom_c("a_name"), ref), true},
+        {kiln_tuple(t, 4, kiln_small(19), here, elsewhere, ref), false},
+        {kiln_tuple(t, 4, kiln_small(19), elsewhere, here, kiln_small(1)), false},
+        {kiln_tuple(t, 4, kiln_small(20), kiln_atom_c("x"), here, ref), false},
+    };
+    for (int plain = 0; plain < 2; plain++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            kiln_frame_state s;
+            kiln_frame_state_init(&s);
+            s.no_fast_send = plain;
+            kiln_term c = cases[i].ctrl;
+            buf h = header_frame(c, KILN_NONE);
+            kiln_frame f;
+            assert_int_equal(kiln_frame_parse(&s, h.p, h.len, &o, &f), KILN_OK);
+            assert_int_equal(f.op, kiln_small_value(kiln_tuple_get(c, 0)));
+            assert_null(f.msg);
+            if (cases[i].fast && !plain) {
+                assert_null(f.ctrl);
+                kiln_term from = kiln_tuple_get(c, 1);
+                if (from == here)
+                    assert_true(f.from == kiln_local_pid(5, 1));
+                else
+                    assert_int_equal(kiln_term_cmp_exact(f.from, from), 0);
+                if (kiln_tuple_get(c, 2) == here)
+                    assert_true(f.to == kiln_local_pid(5, 1));
+                else
+                    assert_true(f.to == kiln_tuple_get(c, 2));
+                assert_int_equal(kiln_term_cmp_exact(f.ref, ref), 0);
+            } else {
+                assert_non_null(f.ctrl);
+            }
+            kiln_frame_free(&f);
+            /* With a term after it, refused either way. */
+            buf b = header_frame(c, kiln_small(7));
+            assert_int_equal(kiln_frame_parse(&s, b.p, b.len, &o, &f), KILN_EPROTO);
+            free(h.p), free(b.p);
+            kiln_frame_state_fini(&s);
+        }
+    }
+    kiln_msg_free(t);
 }
 
 static void test_fragments_interleaved(void **state)
@@ -504,6 +577,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pass_through_and_header),
         cmocka_unit_test(test_send_to_local_pid),
+        cmocka_unit_test(test_monitor_in_place),
         cmocka_unit_test(test_fragments_interleaved),
         cmocka_unit_test(test_fragment_protocol_errors),
         cmocka_unit_test(test_fragment_limits),
