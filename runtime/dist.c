@@ -38,13 +38,15 @@ kiln_term kiln_pid_node(kiln_term t)
 bool kiln_is_remote(kiln_rt *rt, kiln_term t)
 {
     kiln_term node = KILN_NONE;
-    uint32_t creation = 0, w[KILN_REF_MAX_WORDS];
-    size_t nw = KILN_REF_MAX_WORDS;
+    uint32_t creation = 0;
     if (kiln_is_box_of(t, KILN_SUB_EXT_PID)) {
         uint32_t id, serial;
         kiln_get_ext_pid(t, &node, &id, &serial, &creation);
     } else if (kiln_is_ref(t)) {
-        kiln_get_ref(t, &node, &creation, w, &nw);
+        /* Every alias send asks: the node and creation straight from the
+         * box (kiln_ref's layout), not a copy of all its words. */
+        const kiln_term *p = kiln_box_ptr(t);
+        return p[1] != rt->node || (uint32_t)p[2] != rt->creation;
     } else if (kiln_is_box_of(t, KILN_SUB_PORT)) {
         uint64_t id;
         kiln_get_port(t, &node, &id, &creation);
