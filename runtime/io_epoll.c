@@ -3,8 +3,11 @@
  * system calls; only waiting is shared: a process that would block
  * registers itself as its socket's reader or writer and parks, and the
  * back end's thread wakes it when epoll reports the socket ready. A socket
- * is in the epoll set only while someone waits on it, so a closed peer
- * with nobody reading cannot spin the thread. */
+ * joins the epoll set at its first wait and leaves it at kiln_io_close; it
+ * is armed one-shot (EPOLLONESHOT) for the directions someone waits on, so
+ * each wait costs one epoll_ctl (a MOD that re-arms it; an ADD and a DEL
+ * before), and a closed peer with nobody reading is reported once, not
+ * over and over to a spinning thread. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -41,23 +44,22 @@ static uint32_t wanted(const struct fd_entry *e)
     return (e->rd.pid ? EPOLLIN | EPOLLRDHUP : 0) | (e->wr.pid ? EPOLLOUT : 0);
 }
 
-/* Make the epoll set match who waits on fd. Under lock. 0, or the errno
- * of a socket that cannot be watched (EBADF: closed). */
+/* Arm fd for who waits on it. Under lock. 0, or the errno of a socket
+ * that cannot be watched (EBADF: closed). With nobody waiting it is left
+ * as it is: disarmed if its event came, else armed for one event nobody
+ * takes, which the poller then drops. */
 static int sync_fd(struct epoll_impl *ep, int fd)
 {
     struct fd_entry *e = &ep->fds[fd];
     uint32_t ev = wanted(e);
-    struct epoll_event eev = {.events = ev, .data.fd = fd};
-    if (!ev) {
-        if (e->registered)
-            epoll_ctl(ep->epfd, EPOLL_CTL_DEL, fd, NULL);
-        e->registered = false;
+    struct epoll_event eev = {.events = ev | EPOLLONESHOT, .data.fd = fd};
+    if (!ev)
         return 0;
-    }
     if (e->registered && epoll_ctl(ep->epfd, EPOLL_CTL_MOD, fd, &eev) == 0)
         return 0;
     /* New, or the fd was closed and reopened behind our back (ENOENT). */
-    if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &eev) == 0 || errno == EEXIST) {
+    if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &eev) == 0 ||
+        (errno == EEXIST && epoll_ctl(ep->epfd, EPOLL_CTL_MOD, fd, &eev) == 0)) {
         e->registered = true;
         return 0;
     }
@@ -285,8 +287,14 @@ static void e_close_begin(kiln_rt *rt, int fd)
 {
     struct epoll_impl *ep = rt->io->impl;
     pthread_mutex_lock(&ep->lock);
-    if (fd >= 0 && (size_t)fd < ep->cap)
+    if (fd >= 0 && (size_t)fd < ep->cap) {
         release_waiters(ep, fd, true, true, true);
+        /* Out of the set before the number can be reused (a duplicate of
+         * the descriptor would keep it there past the close). */
+        if (ep->fds[fd].registered)
+            epoll_ctl(ep->epfd, EPOLL_CTL_DEL, fd, NULL);
+        ep->fds[fd].registered = false;
+    }
 }
 
 static void e_close_done(kiln_rt *rt, int fd)
