@@ -51,13 +51,10 @@ static void forget(struct kiln_proc *p, uint64_t n, kiln_term target)
 {
     struct kiln_proc_ext *e = p->ext;
     if (n == e->call_n) {
-        if (e->call_monitoring && !kiln_is_none(target))
+        /* The DEMONITOR names the alias: sent before call_n is cleared. */
+        if (kiln_call_slot_unmonitor(e) && !kiln_is_none(target))
             kiln_demonitor_target(p, &(struct kiln_monitor){n, e->call_target, KILN_NONE, KILN_NONE, NULL});
         e->call_n = 0;
-        if (e->call_monitoring) {
-            e->call_monitoring = false;
-            atomic_store_explicit(&e->nmonitors, e->monitors.len, memory_order_relaxed);
-        }
         return;
     }
     struct kiln_monitor mon;
@@ -113,15 +110,16 @@ static int finish(struct kiln_proc *p, uint64_t n, kiln_term target, kiln_msg *m
 /* {'$gen_call', {Self, [alias|Ref]}, Request} around the request, Ref
  * being n and an alias of p, in one piece of the request's arena (14
  * words; KILN_CALL_ROOM leaves room for them). KILN_NONE when out of
- * memory; *ref gets Ref. */
+ * memory; *ref (if not NULL) gets Ref. */
 static kiln_term call_term(kiln_msg *request, struct kiln_proc *p, uint64_t n, kiln_term *ref)
 {
     uint64_t *w = kiln_is_none(request->root) ? NULL : kiln_arena_alloc(request, 14);
     if (!w)
         return KILN_NONE;
-    *ref = kiln_ref_put(w, p->rt->node, p->rt->creation, n, p->pid);
     w[5] = KILN_ATOM_ALIAS;
-    w[6] = *ref;
+    w[6] = kiln_ref_put(w, p->rt->node, p->rt->creation, n, p->pid);
+    if (ref)
+        *ref = w[6];
     w[7] = kiln_make_header(2, KILN_SUB_TUPLE);
     w[8] = p->pid;
     w[9] = kiln_cons_term(w + 5);
@@ -219,8 +217,7 @@ int kiln_call(kiln_term to, kiln_msg *request, int64_t timeout_ms, kiln_msg **re
 
     uint64_t n = kiln_ref_next(rt);
     struct kiln_proc_ext *e = kiln_proc_ext(p);
-    kiln_term mref;
-    kiln_term call = call_term(request, p, n, &mref);
+    kiln_term call = call_term(request, p, n, NULL);
     if (!e || kiln_is_none(call)) {
         kiln_msg_free(request);
         return KILN_ENOMEM;

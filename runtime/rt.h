@@ -113,6 +113,17 @@ static inline bool kiln_by_slot_take(struct kiln_proc_ext *e, uint64_t n, kiln_t
     return true;
 }
 
+/* The call slot's monitor gone (a DOWN came, or the call ends): false if
+ * it was gone already. */
+static inline bool kiln_call_slot_unmonitor(struct kiln_proc_ext *e)
+{
+    if (!e->call_monitoring)
+        return false;
+    e->call_monitoring = false;
+    atomic_store_explicit(&e->nmonitors, e->monitors.len, memory_order_relaxed);
+    return true;
+}
+
 static inline bool kiln_by_slot_drop(struct kiln_proc_ext *e, uint64_t n)
 {
     if (!e || !n || e->by_n != n)

@@ -156,17 +156,16 @@ bool kiln_monitor_del(struct kiln_proc *p, bool mine, uint64_t ref, struct kiln_
     struct kiln_proc_ext *e = p->ext;
     if (!e)
         return false;
-    if (mine && ref == e->call_n && e->call_monitoring) {
+    if (mine && ref == e->call_n && kiln_call_slot_unmonitor(e)) {
         if (out)
             *out = (struct kiln_monitor){ref, e->call_target, KILN_NONE, KILN_NONE, NULL};
-        e->call_monitoring = false;
-        publish_counts(e);
         return true;
     }
-    if (!mine && e->by_n && ref == e->by_n) {
+    kiln_term by_pid = e->by_pid;
+    if (!mine && kiln_by_slot_drop(e, ref)) {
         if (out)
-            *out = (struct kiln_monitor){ref, e->by_pid, KILN_NONE, KILN_NONE, NULL};
-        return kiln_by_slot_drop(e, ref);
+            *out = (struct kiln_monitor){ref, by_pid, KILN_NONE, KILN_NONE, NULL};
+        return true;
     }
     struct kiln_vec *v = mine ? &e->monitors : &e->monitored_by;
     int i = find_monitor(v, ref);
@@ -667,10 +666,10 @@ void kiln_signals_on_exit(struct kiln_proc *p, kiln_term reason)
         kiln_demonitor_target(p, &mine[i]);
         kiln_msg_free(mine[i].store);
     }
-    if (e->call_monitoring)
-        kiln_demonitor_target(p, &(struct kiln_monitor){e->call_n, e->call_target, KILN_NONE, KILN_NONE, NULL});
+    struct kiln_monitor call;
+    if (e->call_monitoring && kiln_monitor_del(p, true, e->call_n, &call))
+        kiln_demonitor_target(p, &call);
     e->call_n = 0;
-    e->call_monitoring = false;
     e->links.len = e->monitored_by.len = e->monitors.len = e->aliases.len = 0;
     publish_counts(e);
 }
