@@ -225,11 +225,26 @@ int kiln_node_start(kiln_rt *rt, const kiln_node_config *cfg, kiln_node **out)
     n->flags |= KILN_DFLAG_FRAGMENTS | KILN_DFLAG_DIST_HDR_ATOM_CACHE | KILN_DFLAG_SEND_SENDER |
                 KILN_DFLAG_EXIT_PAYLOAD;
     n->epmd_port = cfg->epmd_port ? cfg->epmd_port : default_epmd_port();
+    if (cfg->port && cfg->port == n->epmd_port) {
+        rc = KILN_EINVAL;
+        goto fail;
+    }
     atomic_store(&n->unlink_ids, 1);
     if ((rc = kiln_rpc_init(n)) != KILN_OK)
         goto fail;
 
     rc = kiln_tcp_listen(rt, NULL, cfg->port, 128, &n->lfd, &n->port);
+    if (rc == KILN_OK && n->port == n->epmd_port) {
+        /* An EPMD port in the ephemeral range (private clusters, tests)
+         * can be the very port the kernel hands our listener before any
+         * EPMD is up. Registering would then connect to ourselves and
+         * wait in our own backlog until it timed out. Listen again while
+         * still holding that port, so the kernel must choose another. */
+        int clash = n->lfd;
+        n->lfd = -1;
+        rc = kiln_tcp_listen(rt, NULL, 0, 128, &n->lfd, &n->port);
+        close(clash);
+    }
     if (rc != KILN_OK)
         goto fail;
 

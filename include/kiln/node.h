@@ -32,7 +32,9 @@ typedef struct kiln_node_config {
     const char *cookie;
     /* Hidden nodes do not appear in nodes() and get no global traffic. */
     bool hidden;
-    uint16_t port;          /* distribution listen port; 0 = any */
+    /* Distribution listen port; 0 = any but the EPMD port. Equal to
+     * the EPMD port: KILN_EINVAL. */
+    uint16_t port;
     uint16_t epmd_port;     /* 0 = $ERL_EPMD_PORT, else 4369 */
     /* When nothing listens on the EPMD port, serve it from this node
      * (unless this is set), so erl -sname nodes can register with us. */

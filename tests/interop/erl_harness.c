@@ -55,15 +55,36 @@ void require_erl(void)
     fail_msg("erl not found in PATH: the interop tests need Erlang/OTP (apt-get install erlang)");
 }
 
+/* A port below the kernel's ephemeral range: a port from bind(0) is one
+ * the kernel may hand the next listener or outgoing connection of any
+ * process (a node's own distribution listener took one once, and its EPMD
+ * registration then waited in its own backlog). Below the range only
+ * another test picking the same number at random can clash. */
 uint16_t free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t l = sizeof a;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    unsigned lo = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%u", &lo) != 1)
+            lo = 32768;
+        fclose(f);
+    }
+    unsigned base = lo > 12000 ? lo - 10000 : 1024, span = lo > 12000 ? 10000 : lo - 1024;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
+    for (int tries = 0; tries < 1000; tries++) {
+        seed = seed * 1103515245u + 12345u;
+        uint16_t port = (uint16_t)(base + (seed >> 8) % span);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    fail_msg("no free port below the ephemeral range (from %u)", lo);
+    return 0;
 }
 
 int listen_any(uint16_t port, uint16_t *bound)

@@ -1129,6 +1129,23 @@ static void test_kiln_to_kiln_calls(void **state)
     free(k);
 }
 
+/* A node told to listen on its own EPMD port is refused with a clear
+ * error instead of registering with itself; the runtime stays usable and
+ * a node started right after on it is fine. */
+static void test_port_clash(void **state)
+{
+    (void)state;
+    g_epmd = free_port();
+    g_rt = kiln_test_rt(2, NULL);
+    kiln_node_config c = {.name = "kiln", .cookie = COOKIE, .epmd_port = g_epmd, .port = g_epmd};
+    assert_int_equal(kiln_node_start(g_rt, &c, &g_node), KILN_EINVAL);
+    assert_null(g_node);
+    c.port = 0;
+    assert_int_equal(kiln_node_start(g_rt, &c, &g_node), KILN_OK);
+    assert_true(kiln_node_serves_epmd(g_node));
+    assert_int_not_equal(kiln_node_port(g_node), g_epmd);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1154,6 +1171,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_kiln_to_kiln_calls, node_teardown),
         cmocka_unit_test_teardown(test_global_sync, node_teardown),
         cmocka_unit_test_teardown(test_atom_cache, node_teardown),
+        cmocka_unit_test_teardown(test_port_clash, node_teardown),
     };
     if (argc > 1) {
         static char pattern[128];
