@@ -261,7 +261,15 @@ static kiln_action gs_handle(void *state, kiln_msg *msg)
             kiln_term why = m ? kiln_tuple(m, 2, kiln_atom_c("bad_call"), kiln_term_copy(m, req)) : KILN_NONE;
             return do_stop(s, kiln_is_none(why) ? kiln_atom_c("bad_call") : why, m, KILN_NONE, KILN_NONE, NULL);
         }
-        return act(s, s->cb->handle_call(s->state, req, from), from);
+        kiln_gs_ret r = s->cb->handle_call(s->state, req, from);
+        /* The usual answer, {reply, R, S}: nothing to continue, no
+         * timeout to arm, nothing held. */
+        if (r.action == KILN_GS_REPLY && kiln_is_none(r.cont) && r.timeout_ms < 0 && !r.hold) {
+            s->last_timeout = -1;
+            send_reply(from, &r);
+            return KILN_CONTINUE;
+        }
+        return act(s, r, from);
     }
     if (n == 2 && kiln_tuple_get(t, 0) == KILN_ATOM_GEN_CAST) {
         if (!s->cb->handle_cast)
@@ -398,6 +406,9 @@ int kiln_gs_call(kiln_rt *rt, kiln_term server, kiln_msg *request, int64_t timeo
         return KILN_EINVAL;
     }
     *reply = NULL;
+    kiln_rt *cur = kiln_current_rt();
+    if (cur && (!rt || rt == cur)) /* a process: no helper needed */
+        return kiln_call(server, request, timeout_ms, reply, reason);
     struct call_job j = {server, request, timeout_ms, NULL, NULL};
     int rc = kiln_otp_run(rt, call_job_run, &j);
     kiln_msg_free(j.request); /* the job never ran */
