@@ -354,6 +354,10 @@ void kiln_epoch_synchronize(kiln_rt *rt);
 /* ---- process.c ---- */
 /* Push a message or signal to p and schedule it if it was idle. */
 int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
+/* A reply m to alias n of p, handed to p without a push when p sleeps in
+ * a call (mailbox.h, AWAIT) and nothing else came meanwhile: saved as its
+ * drain would save it, and p scheduled. False: nothing done, deliver it. */
+bool kiln_proc_hand_reply(kiln_rt *rt, struct kiln_proc *p, uint64_t n, kiln_msg *m);
 /* Deliver to a pid: looks it up; a dead target frees m (returns ENOPROC
  * and calls on_dead(m) first when given, for signals that need answers). */
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);

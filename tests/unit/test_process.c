@@ -142,6 +142,13 @@ static kiln_action echo_handle(void *state, kiln_msg *m)
     int d = ctl ? atomic_load(&ctl->delay_ms) : 0;
     if (d)
         kiln_sleep((uint64_t)d);
+    kiln_term first;
+    if (kiln_match(req, "{first,~t}", &first) == KILN_OK) {
+        /* A message to the caller ahead of the reply. */
+        kiln_msg *x = kiln_msg_new(64);
+        kiln_msg_set_term(x, kiln_term_copy(x, first));
+        kiln_send(kiln_tuple_get(from, 0), x);
+    }
     kiln_msg *r = kiln_msg_new(64);
     kiln_msg_set_term(r, kiln_term_copy(r, req));
     kiln_reply(from, r);
@@ -257,7 +264,8 @@ static bool never(kiln_term t, void *arg)
 
 struct backlog_res {
     kiln_term server, dying;
-    int ok_calls, rc_died, in_order;
+    int ok_calls, rc_died, in_order, first_call;
+    uint32_t queued;
 };
 
 static void backlog_caller(void *arg)
@@ -275,11 +283,20 @@ static void backlog_caller(void *arg)
             r->ok_calls++;
         kiln_msg_free(reply);
     }
+    /* Replies taken by the calls are not counted as queued. */
+    kiln_proc_info info;
+    if (kiln_process_info(kiln_current_rt(), kiln_self(), &info) == KILN_OK)
+        r->queued = info.message_queue_len;
+    /* A message the server sends before its reply waits behind the
+     * backlog, and the reply still ends the call. */
     kiln_msg *reply = NULL, *reason = NULL;
+    r->first_call = kiln_call(r->server, kiln_test_msg("{first,500}"), 1000, &reply, NULL);
+    kiln_msg_free(reply);
+    reply = NULL;
     r->rc_died = kiln_call(r->dying, kiln_test_msg("die"), 1000, &reply, &reason);
     kiln_msg_free(reason);
     r->in_order = 1;
-    for (int64_t i = 0; i < 500; i++) {
+    for (int64_t i = 0; i <= 500; i++) {
         int64_t v = -1;
         if (kiln_receive(kiln_test_any, NULL, 0, &m) != KILN_OK ||
             kiln_get_int64(kiln_msg_term(m), &v) != KILN_OK || v != i)
@@ -298,6 +315,8 @@ static void test_calls_with_a_backlog(void **state)
     assert_int_equal(kiln_spawn(rt, &echo_beh, NULL, NULL, &r.dying), KILN_OK);
     kiln_test_run_in_process(rt, backlog_caller, &r, 10000);
     assert_int_equal(r.ok_calls, 50);
+    assert_int_equal(r.queued, 500);
+    assert_int_equal(r.first_call, KILN_OK);
     assert_int_equal(r.rc_died, KILN_EEXIT);
     assert_int_equal(r.in_order, 1);
     kiln_rt_stop(rt);
