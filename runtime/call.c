@@ -284,14 +284,8 @@ int kiln_reply(kiln_term from, kiln_msg *reply)
         reply->flags |= KILN_MF_REPLY;
         reply->kind = KILN_MK_ALIAS_MSG;
         reply->aux = n;
-        struct kiln_proc *caller = kiln_ptab_lookup(rt, apid);
-        if (!caller) {
-            kiln_signal_answer_dead(rt, apid, reply);
-            return KILN_OK;
-        }
-        if (kiln_proc_hand_reply(rt, caller, n, reply))
-            return KILN_OK;
-        return kiln_proc_deliver(rt, caller, reply);
+        int rc = kiln_deliver_in_section(rt, apid, reply);
+        return rc == KILN_ENOPROC ? KILN_OK : rc;
     }
     if (ours) {
         /* Our own reference: rebuild [alias|Ref] rather than deep-copy it. */

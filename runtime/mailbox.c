@@ -96,20 +96,19 @@ kiln_msg *kiln_mb_pop_wait(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool
     }
 }
 
-bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool await)
+bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
 {
     uintptr_t expect = (uintptr_t)stub_node(c);
     if (c->tail != stub_node(c) || atomic_load_explicit(&c->stub.next, memory_order_acquire))
         return false;
-    uintptr_t bits = KILN_MB_IDLE | (await ? KILN_MB_AWAIT : 0);
-    return atomic_compare_exchange_strong_explicit(&pr->head, &expect, expect | bits, memory_order_acq_rel,
-                                                   memory_order_acquire);
+    return atomic_compare_exchange_strong_explicit(&pr->head, &expect, expect | KILN_MB_IDLE,
+                                                   memory_order_acq_rel, memory_order_acquire);
 }
 
 void kiln_mb_mark_dead(struct kiln_mb_prod *pr)
 {
     uintptr_t cur = atomic_load_explicit(&pr->head, memory_order_acquire);
-    while (!atomic_compare_exchange_weak_explicit(&pr->head, &cur, (cur & ~(KILN_MB_IDLE | KILN_MB_AWAIT)) | KILN_MB_DEAD,
+    while (!atomic_compare_exchange_weak_explicit(&pr->head, &cur, (cur & ~KILN_MB_IDLE) | KILN_MB_DEAD,
                                                   memory_order_acq_rel, memory_order_acquire))
         ;
 }

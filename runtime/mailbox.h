@@ -5,12 +5,11 @@
  *   IDLE: the owner went to sleep on an empty queue; exactly one pusher sees
  *         the bit (the exchange replaces it) and must schedule the owner.
  *   DEAD: the owner has exited; nobody schedules it.
- *   AWAIT (with IDLE): the owner sleeps in a call's receive. A replier
- *         may then claim the wake-up with one compare-and-swap instead of
- *         pushing (kiln_mb_claim_awaiting), and while the owner sleeps its
- *         side of the queue is the claimer's: the reply goes straight
- *         into the saved messages, and the owner's drain has nothing to
- *         pop. Any push in between clears the bits, and the claim fails.
+ * A sender may also take the wake-up of an idle owner whose queue is empty
+ * with one compare-and-swap instead of pushing (kiln_mb_claim_idle): any
+ * push in between replaces the head, and the claim fails. Until the
+ * claimer schedules the owner, nobody else can, so the owner's side of the
+ * queue is the claimer's meanwhile (signal.c hands the message over).
  */
 #ifndef KILN_RUNTIME_MAILBOX_H
 #define KILN_RUNTIME_MAILBOX_H
@@ -23,8 +22,7 @@
 
 #define KILN_MB_IDLE ((uintptr_t)1)
 #define KILN_MB_DEAD ((uintptr_t)2)
-#define KILN_MB_AWAIT ((uintptr_t)4)
-#define KILN_MB_BITS ((uintptr_t)7)
+#define KILN_MB_BITS ((uintptr_t)3)
 
 struct kiln_mb_stub {
     _Atomic(kiln_msg *) next; /* same offset as kiln_msg.next */
@@ -81,16 +79,23 @@ static inline bool kiln_mb_empty(struct kiln_mb_prod *pr, struct kiln_mb_cons *c
            (atomic_load_explicit(&pr->head, memory_order_acquire) & ~KILN_MB_BITS) == (uintptr_t)stub;
 }
 /* Owner only: mark idle if the queue is empty. False if messages arrived
- * (the owner must keep running). await: it sleeps in a call's receive. */
-bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c, bool await);
-/* Anyone: take the wake-up of an owner idle with AWAIT and an empty queue
- * (true), leaving the mailbox active; the caller must then schedule it. */
-static inline bool kiln_mb_claim_awaiting(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
+ * (the owner must keep running). */
+bool kiln_mb_try_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c);
+/* Anyone: take the wake-up of an idle owner with an empty queue (true),
+ * leaving the mailbox active; the caller must then schedule the owner. */
+static inline bool kiln_mb_claim_idle(struct kiln_mb_prod *pr, struct kiln_mb_cons *c)
 {
-    uintptr_t expect = (uintptr_t)(void *)&c->stub | KILN_MB_IDLE | KILN_MB_AWAIT;
+    uintptr_t expect = (uintptr_t)(void *)&c->stub | KILN_MB_IDLE;
     return atomic_load_explicit(&pr->head, memory_order_relaxed) == expect &&
            atomic_compare_exchange_strong_explicit(&pr->head, &expect, (uintptr_t)(void *)&c->stub,
                                                    memory_order_acq_rel, memory_order_relaxed);
+}
+/* Anyone: a glance (it may change at once) at whether the owner is idle,
+ * ahead of kiln_mb_claim_idle: a busy owner's senders pay a load and a
+ * test. */
+static inline bool kiln_mb_is_idle_hint(struct kiln_mb_prod *pr)
+{
+    return __builtin_expect((atomic_load_explicit(&pr->head, memory_order_relaxed) & KILN_MB_IDLE) != 0, 0);
 }
 /* Owner only, on exit: later pushes will not schedule the owner. */
 void kiln_mb_mark_dead(struct kiln_mb_prod *pr);

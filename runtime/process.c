@@ -55,8 +55,23 @@ static inline __attribute__((always_inline)) void wake(kiln_rt *rt, struct kiln_
         kiln_sched_ready(rt, p, from_proc);
 }
 
+/* p sleeps on an empty queue and its wake-up is ours: the message goes
+ * where p's drain would put it, with no push for p to pop (mailbox.h): a
+ * request to an idle server, a reply to a blocked caller. Out of line:
+ * inside kiln_proc_deliver it made every push save more registers (+20
+ * instructions per one-way message). */
+static __attribute__((noinline)) int hand_over(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
+{
+    kiln_proc_take_handed(p, m);
+    wake(rt, p);
+    return KILN_OK;
+}
+
 int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
 {
+    if (kiln_mb_is_idle_hint(&p->mb) && counts_as_message(m) && !p->max_mailbox &&
+        kiln_mb_claim_idle(&p->mb, &p->mbc))
+        return hand_over(rt, p, m);
     if (counts_as_message(m)) {
         uint32_t max = p->max_mailbox;
         if (max && kiln_proc_queued(p) >= max) {
@@ -81,31 +96,6 @@ int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
         break;
     }
     return KILN_OK;
-}
-
-bool kiln_proc_hand_reply(kiln_rt *rt, struct kiln_proc *p, uint64_t n, kiln_msg *m)
-{
-    if (p->max_mailbox || !kiln_mb_claim_awaiting(&p->mb, &p->mbc))
-        return false;
-    /* p sleeps and only we may wake it: its side of the mailbox is ours
-     * until then (mailbox.h, AWAIT). */
-    struct kiln_proc_ext *e = atomic_load_explicit(&p->ext, memory_order_relaxed);
-    if (e && e->call_n == n) {
-        /* Where its drain would have put it, as the drain leaves a reply
-         * to the call under way. The count of messages taken out is
-         * wound back for the one its receive will count. */
-        kiln_save_append(p, m);
-        atomic_store_explicit(&p->popped, atomic_load_explicit(&p->popped, memory_order_relaxed) - 1,
-                              memory_order_release);
-    } else {
-        /* Not the call it waits for (an older call's late reply): the
-         * drain's rules apply. The mailbox is active, so this push
-         * schedules nobody; the wake-up below does. */
-        atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
-        kiln_mb_push(&p->mb, m);
-    }
-    wake(rt, p);
-    return true;
 }
 
 int kiln_deliver_in_section(kiln_rt *rt, kiln_term pid, kiln_msg *m)

@@ -354,10 +354,6 @@ void kiln_epoch_synchronize(kiln_rt *rt);
 /* ---- process.c ---- */
 /* Push a message or signal to p and schedule it if it was idle. */
 int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m);
-/* A reply m to alias n of p, handed to p without a push when p sleeps in
- * a call (mailbox.h, AWAIT) and nothing else came meanwhile: saved as its
- * drain would save it, and p scheduled. False: nothing done, deliver it. */
-bool kiln_proc_hand_reply(kiln_rt *rt, struct kiln_proc *p, uint64_t n, kiln_msg *m);
 /* Deliver to a pid: looks it up; a dead target frees m (returns ENOPROC
  * and calls on_dead(m) first when given, for signals that need answers). */
 int kiln_deliver_pid(kiln_rt *rt, kiln_term pid, kiln_msg *m);
@@ -458,6 +454,9 @@ int kiln_wait_wake(struct kiln_proc *p, uint64_t id, int64_t timeout_ms, kiln_ms
 void kiln_recv_timer_fired(struct kiln_proc *p, const kiln_msg *m);
 void kiln_recv_timer_cancel(struct kiln_proc *p);
 void kiln_save_append(struct kiln_proc *p, kiln_msg *m);
+/* A user or alias message for p from a sender that claimed p's wake-up
+ * (kiln_mb_claim_idle): handled as p's drain would handle it. */
+void kiln_proc_take_handed(struct kiln_proc *p, kiln_msg *m);
 
 /* ---- ref.c ---- */
 uint64_t kiln_ref_next(kiln_rt *rt);

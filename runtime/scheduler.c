@@ -633,11 +633,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
      * off the process's stack, so a sender that wakes it cannot resume the
      * stack while it is still in use. */
     atomic_store_explicit(&p->status, KILN_PS_WAITING | (p->fiber ? KILN_PS_STACK_BIT : 0), memory_order_relaxed);
-    /* Blocked with a call under way: most likely in its receive, and the
-     * reply may be handed over (kiln_proc_hand_reply). */
-    struct kiln_proc_ext *e;
-    bool await = v == KILN_V_BLOCKED && (e = atomic_load_explicit(&p->ext, memory_order_relaxed)) && e->call_n;
-    if (!kiln_mb_try_idle(&p->mb, &p->mbc, await))
+    if (!kiln_mb_try_idle(&p->mb, &p->mbc))
         kiln_sched_ready(rt, p, false);
 }
 

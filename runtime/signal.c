@@ -403,6 +403,29 @@ static void nodedown(struct kiln_proc *p, kiln_term node)
     }
 }
 
+/* The two kinds a sender may hand over (kiln_proc_take_handed) besides
+ * the drain; neither ends the process. */
+static inline kiln_msg *user_in(struct kiln_proc *p, kiln_msg *m)
+{
+    if (m->flags & KILN_MF_MONITOR) {
+        /* A call that carries its monitor (call.c); from is a local pid. */
+        struct kiln_monitor mon = {m->aux, m->from, KILN_NONE, KILN_NONE, NULL};
+        m->flags &= (uint16_t)~KILN_MF_MONITOR;
+        if ((!p->ext || !kiln_by_slot_take(p->ext, m->aux, m->from)) && !kiln_monitor_add(p, false, &mon))
+            kiln_send_signal(p->rt, m->from, kiln_down_signal_new(p->rt, mon.ref, p->pid, kiln_atom_c("system_limit")));
+    }
+    return m;
+}
+
+static inline kiln_msg *alias_in(struct kiln_proc *p, kiln_msg *m)
+{
+    if (alias_active(p, m->aux, true))
+        return (m->flags & KILN_MF_REPLY) && m->aux != p->ext->call_n ? as_reply_message(p, m) : m;
+    kiln_proc_took(p);
+    kiln_msg_free(m);
+    return NULL;
+}
+
 /* Handle one entry taken from the mailbox. Returns the message if user
  * code should see it (user messages, trapped exits, DOWNs, live alias
  * messages, timeouts and wakes for receive), NULL if it was consumed.
@@ -413,24 +436,12 @@ static kiln_msg *handle_incoming(struct kiln_proc *p, kiln_msg *m)
     bool trapping = (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_TRAP_EXIT) != 0;
     switch ((enum kiln_msg_kind)m->kind) {
     case KILN_MK_USER:
-        if (m->flags & KILN_MF_MONITOR) {
-            /* A call that carries its monitor (call.c); from is a local pid. */
-            struct kiln_monitor mon = {m->aux, m->from, KILN_NONE, KILN_NONE, NULL};
-            m->flags &= (uint16_t)~KILN_MF_MONITOR;
-            if ((!p->ext || !kiln_by_slot_take(p->ext, m->aux, m->from)) && !kiln_monitor_add(p, false, &mon))
-                kiln_send_signal(rt, m->from, kiln_down_signal_new(rt, mon.ref, p->pid, kiln_atom_c("system_limit")));
-        }
-        return m;
+        return user_in(p, m);
     case KILN_MK_TIMEOUT:
     case KILN_MK_WAKE:
         return m;
-    case KILN_MK_ALIAS_MSG: {
-        if (alias_active(p, m->aux, true))
-            return (m->flags & KILN_MF_REPLY) && m->aux != p->ext->call_n ? as_reply_message(p, m) : m;
-        kiln_proc_took(p);
-        kiln_msg_free(m);
-        return NULL;
-    }
+    case KILN_MK_ALIAS_MSG:
+        return alias_in(p, m);
     case KILN_MK_EXIT:
         /* From a link: ignored if we unlinked meanwhile (the unlink race). */
         if (!kiln_link_del(p, m->from)) {
@@ -553,6 +564,20 @@ void kiln_proc_trim_oldest(struct kiln_proc *p)
         kiln_proc_took(p);
         kiln_msg_free(m);
     }
+}
+
+void kiln_proc_take_handed(struct kiln_proc *p, kiln_msg *m)
+{
+    /* p cannot run until its claimer schedules it, so its side is the
+     * claimer's meanwhile. The message was not counted as pushed: the
+     * taken count is wound back instead, as the owner would (its reader
+     * sees the message queued, and the take that follows evens it out).
+     */
+    atomic_store_explicit(&p->popped, atomic_load_explicit(&p->popped, memory_order_relaxed) - 1,
+                          memory_order_release);
+    m = m->kind == KILN_MK_USER ? user_in(p, m) : alias_in(p, m);
+    if (m)
+        kiln_save_append(p, m);
 }
 
 void kiln_proc_drain_queue(struct kiln_proc *p)

@@ -71,7 +71,7 @@ static void test_many_producers_exactly_once_in_order(void **state)
         if (emptied && got < (long)PRODUCERS * PER_PRODUCER) {
             /* Empty: try to go idle; if that works wait to be "scheduled". */
             atomic_store(&s->scheduled, 0);
-            if (kiln_mb_try_idle(&s->mb.p, &s->mb.c, false)) {
+            if (kiln_mb_try_idle(&s->mb.p, &s->mb.c)) {
                 idles++;
                 while (!atomic_load(&s->scheduled))
                     ;
@@ -94,17 +94,17 @@ static void test_idle_then_push_reports_idle_once(void **state)
     (void)state;
     struct kiln_mailbox mb;
     kiln_mb_init(&mb.p, &mb.c);
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, false));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     assert_true(kiln_mb_is_idle(&mb.p));
     kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1);
     assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_IDLE);
     assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_ACTIVE);
     /* Not empty: cannot go idle. */
-    assert_false(kiln_mb_try_idle(&mb.p, &mb.c, false));
+    assert_false(kiln_mb_try_idle(&mb.p, &mb.c));
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), b);
     assert_null(kiln_mb_pop_wait(&mb.p, &mb.c, NULL));
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, false));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     kiln_msg_free(a);
     kiln_msg_free(b);
 }
@@ -126,7 +126,7 @@ static void test_pop_tells_when_it_emptied_the_queue(void **state)
     assert_false(emptied);
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), b);
     assert_true(emptied);
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, false));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     /* After the stub went back in: a lone message, then one more. */
     kiln_mb_push(&mb.p, c);
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, &emptied), c);
@@ -151,7 +151,7 @@ static void test_dead_mailbox_never_schedules(void **state)
     (void)state;
     struct kiln_mailbox mb;
     kiln_mb_init(&mb.p, &mb.c);
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, false));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     kiln_mb_mark_dead(&mb.p);
     kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1);
     assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_DEAD);
@@ -163,45 +163,41 @@ static void test_dead_mailbox_never_schedules(void **state)
     kiln_msg_free(b);
 }
 
-/* An owner asleep in a call: one claimer takes its wake-up and leaves the
- * mailbox active; a push first, a plain idle, or death leaves nothing to
- * claim. */
-static void test_awaiting_owner_claimed_once(void **state)
+/* An idle owner with an empty queue: one claimer takes its wake-up and
+ * leaves the mailbox active; while it is active, after a push, or once it
+ * is dead there is nothing to claim. */
+static void test_idle_owner_claimed_once(void **state)
 {
     (void)state;
     struct kiln_mailbox mb;
     kiln_mb_init(&mb.p, &mb.c);
     kiln_msg *a = kiln_msg_new_words(1), *b = kiln_msg_new_words(1);
-    assert_false(kiln_mb_claim_awaiting(&mb.p, &mb.c)); /* active */
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, false));
-    assert_false(kiln_mb_claim_awaiting(&mb.p, &mb.c)); /* idle, not in a call */
-    assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_IDLE);
-    assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
+    assert_false(kiln_mb_claim_idle(&mb.p, &mb.c)); /* active, as after spawn */
 
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, true));
-    assert_true(kiln_mb_is_idle(&mb.p));
-    assert_true(kiln_mb_claim_awaiting(&mb.p, &mb.c));
-    assert_false(kiln_mb_claim_awaiting(&mb.p, &mb.c));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
+    assert_true(kiln_mb_claim_idle(&mb.p, &mb.c));
+    assert_false(kiln_mb_claim_idle(&mb.p, &mb.c));
     assert_false(kiln_mb_is_idle(&mb.p));
     assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_ACTIVE);
+    assert_false(kiln_mb_try_idle(&mb.p, &mb.c));
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
 
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, true));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     assert_int_equal(kiln_mb_push(&mb.p, a), KILN_MB_WAS_IDLE);
-    assert_false(kiln_mb_claim_awaiting(&mb.p, &mb.c));
+    assert_false(kiln_mb_claim_idle(&mb.p, &mb.c));
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), a);
 
-    assert_true(kiln_mb_try_idle(&mb.p, &mb.c, true));
+    assert_true(kiln_mb_try_idle(&mb.p, &mb.c));
     kiln_mb_mark_dead(&mb.p);
-    assert_false(kiln_mb_claim_awaiting(&mb.p, &mb.c));
+    assert_false(kiln_mb_claim_idle(&mb.p, &mb.c));
     assert_int_equal(kiln_mb_push(&mb.p, b), KILN_MB_WAS_DEAD);
     assert_ptr_equal(kiln_mb_pop_wait(&mb.p, &mb.c, NULL), b);
     kiln_msg_free(a);
     kiln_msg_free(b);
 }
 
-/* Claimers and pushers racing for an awaiting owner's wake-up: each time
- * it sleeps, exactly one of them gets it. */
+/* Claimers and pushers racing for an idle owner's wake-up: each time it
+ * sleeps, exactly one of them gets it. */
 enum { RACERS = 3, SLEEPS = 3000 };
 
 struct race {
@@ -231,7 +227,7 @@ static void *race_for_it(void *arg)
         seen = round;
         bool won;
         if (me->id % 2) {
-            won = kiln_mb_claim_awaiting(&r->mb.p, &r->mb.c);
+            won = kiln_mb_claim_idle(&r->mb.p, &r->mb.c);
         } else {
             kiln_msg *m = kiln_msg_new_words(1);
             won = kiln_mb_push(&r->mb.p, m) == KILN_MB_WAS_IDLE;
@@ -243,7 +239,7 @@ static void *race_for_it(void *arg)
     return NULL;
 }
 
-static void test_awaiting_wake_up_goes_to_exactly_one(void **state)
+static void test_idle_wake_up_goes_to_exactly_one(void **state)
 {
     (void)state;
     struct race *r = calloc(1, sizeof(*r));
@@ -258,7 +254,7 @@ static void test_awaiting_wake_up_goes_to_exactly_one(void **state)
         kiln_msg *m;
         while ((m = kiln_mb_pop_wait(&r->mb.p, &r->mb.c, NULL)))
             kiln_msg_free(m);
-        assert_true(kiln_mb_try_idle(&r->mb.p, &r->mb.c, true));
+        assert_true(kiln_mb_try_idle(&r->mb.p, &r->mb.c));
         atomic_store(&r->round, round);
         for (unsigned i = 0; i < RACERS; i++)
             while (atomic_load(&r->done[i]) != round)
@@ -281,8 +277,8 @@ int main(void)
         cmocka_unit_test(test_idle_then_push_reports_idle_once),
         cmocka_unit_test(test_pop_tells_when_it_emptied_the_queue),
         cmocka_unit_test(test_dead_mailbox_never_schedules),
-        cmocka_unit_test(test_awaiting_owner_claimed_once),
-        cmocka_unit_test(test_awaiting_wake_up_goes_to_exactly_one),
+        cmocka_unit_test(test_idle_owner_claimed_once),
+        cmocka_unit_test(test_idle_wake_up_goes_to_exactly_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
