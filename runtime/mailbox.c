@@ -112,8 +112,3 @@ void kiln_mb_mark_dead(struct kiln_mb_prod *pr)
                                                   memory_order_acq_rel, memory_order_acquire))
         ;
 }
-
-bool kiln_mb_is_idle(struct kiln_mb_prod *pr)
-{
-    return (atomic_load_explicit(&pr->head, memory_order_acquire) & KILN_MB_IDLE) != 0;
-}

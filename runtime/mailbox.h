@@ -90,15 +90,14 @@ static inline bool kiln_mb_claim_idle(struct kiln_mb_prod *pr, struct kiln_mb_co
            atomic_compare_exchange_strong_explicit(&pr->head, &expect, (uintptr_t)(void *)&c->stub,
                                                    memory_order_acq_rel, memory_order_relaxed);
 }
+/* Owner only, on exit: later pushes will not schedule the owner. */
+void kiln_mb_mark_dead(struct kiln_mb_prod *pr);
 /* Anyone: a glance (it may change at once) at whether the owner is idle,
- * ahead of kiln_mb_claim_idle: a busy owner's senders pay a load and a
- * test. */
-static inline bool kiln_mb_is_idle_hint(struct kiln_mb_prod *pr)
+ * e.g. ahead of kiln_mb_claim_idle: a busy owner's senders pay a load and
+ * a test. */
+static inline bool kiln_mb_is_idle(struct kiln_mb_prod *pr)
 {
     return __builtin_expect((atomic_load_explicit(&pr->head, memory_order_relaxed) & KILN_MB_IDLE) != 0, 0);
 }
-/* Owner only, on exit: later pushes will not schedule the owner. */
-void kiln_mb_mark_dead(struct kiln_mb_prod *pr);
-bool kiln_mb_is_idle(struct kiln_mb_prod *pr);
 
 #endif

@@ -69,7 +69,7 @@ static __attribute__((noinline)) int hand_over(kiln_rt *rt, struct kiln_proc *p,
 
 int kiln_proc_deliver(kiln_rt *rt, struct kiln_proc *p, kiln_msg *m)
 {
-    if (kiln_mb_is_idle_hint(&p->mb) && counts_as_message(m) && !p->max_mailbox &&
+    if (kiln_mb_is_idle(&p->mb) && counts_as_message(m) && !p->max_mailbox &&
         kiln_mb_claim_idle(&p->mb, &p->mbc))
         return hand_over(rt, p, m);
     if (counts_as_message(m)) {

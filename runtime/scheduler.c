@@ -381,6 +381,15 @@ void kiln_sched_before_syscall(void)
 
 /* ---- finding work ---- */
 
+/* Empty a worker's runnext, owner or thief: an exchange only when the
+ * load saw a process (an empty slot costs no locked instruction). */
+static inline struct kiln_proc *take_runnext(struct kiln_worker *w)
+{
+    return atomic_load_explicit(&w->runnext, memory_order_relaxed)
+               ? atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)
+               : NULL;
+}
+
 static struct kiln_proc *steal_work(struct kiln_worker *w)
 {
     kiln_rt *rt = w->rt;
@@ -399,12 +408,9 @@ static struct kiln_proc *steal_work(struct kiln_worker *w)
             }
             /* An empty ring but a waiting runnext: the owner is busy with
              * something long; take it rather than let it wait. */
-            if (round == 3 && atomic_load_explicit(&v->runnext, memory_order_relaxed)) {
-                p = atomic_exchange_explicit(&v->runnext, NULL, memory_order_acq_rel);
-                if (p) {
-                    KILN_STAT_INC(w->steals);
-                    return p;
-                }
+            if (round == 3 && (p = take_runnext(v))) {
+                KILN_STAT_INC(w->steals);
+                return p;
             }
         }
     }
@@ -463,8 +469,7 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
          * runnext picks the local queue gets a turn (Go caps the same
          * chain with a shared time slice). */
         bool fair = w->next_streak >= KILN_RUNNEXT_STREAK;
-        if (!fair && atomic_load_explicit(&w->runnext, memory_order_relaxed) &&
-            (p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel))) {
+        if (!fair && (p = take_runnext(w))) {
             w->next_streak++;
             return found(w, p);
         }
@@ -472,8 +477,7 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
         io_glance(w);
         if ((p = kiln_runq_pop(&w->runq)))
             return found(w, p);
-        if (fair && atomic_load_explicit(&w->runnext, memory_order_relaxed) &&
-            (p = atomic_exchange_explicit(&w->runnext, NULL, memory_order_acq_rel)))
+        if (fair && (p = take_runnext(w)))
             return found(w, p);
         if ((p = gq_pop(rt, w)))
             return found(w, p);
