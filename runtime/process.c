@@ -366,9 +366,7 @@ _Noreturn void kiln_proc_exit(struct kiln_proc *p, kiln_msg *reason_msg)
     }
     kiln_epoch_retire_proc(rt, p);
 
-    struct kiln_worker *w = kiln_current_worker();
-    w->verdict = KILN_V_EXITED;
-    kiln_fiber_jump(w->cur_fiber, &w->sched, true);
+    kiln_sched_switch_out(p, KILN_V_EXITED);
     /* Never resumed. */
     abort();
 }

@@ -212,13 +212,18 @@ struct kiln_worker {
     kiln_rt *rt;
     unsigned index;
     pthread_t thread;
-    struct kiln_fiber sched;          /* the thread's own stack */
-    struct kiln_fiber *run_fiber;     /* stack lent to stackless handlers */
+    struct kiln_fiber sched;          /* the thread's own stack: start and stop only */
+    struct kiln_fiber *loop_fiber;    /* the scheduler loop's stack (stackless handlers run on it) */
+    struct kiln_fiber *spare_loop;    /* where the loop goes if such a handler blocks */
     struct kiln_fiber *cur_fiber;     /* fiber running right now */
     struct kiln_fiber *stack_pool;    /* spare stacks */
     unsigned stack_pool_len;
     struct kiln_proc *running;
+    /* The run that just ended, for the loop to settle (scheduler.c). */
+    struct kiln_proc *ran;
+    struct kiln_fiber *ran_on;
     enum kiln_verdict verdict;
+    uint64_t run_t0;                  /* when the run began, if long runs are reported */
     bool spinning;
     uint32_t tick;
     uint32_t gq_turn;                 /* the tick at which the global queue gets a look */
@@ -316,8 +321,9 @@ int kiln_sched_start(kiln_rt *rt);
 void kiln_sched_stop(kiln_rt *rt);
 /* Make p runnable (it must not be queued or running anywhere). */
 void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next);
-/* Called by a process on its fiber: give the CPU back with a verdict. Returns
- * when the process is resumed (for BLOCKED/YIELD). */
+/* Called by a process on its stack: give the CPU back with a verdict
+ * (BLOCKED, YIELD_STACK or EXITED). Returns when the process is resumed;
+ * never for EXITED. */
 void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v);
 /* The running process is about to make a system call that does real work
  * (a socket send): if others wait on this worker, an idle worker is woken

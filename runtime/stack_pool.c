@@ -37,8 +37,7 @@ void kiln_stack_pool_fini(struct kiln_worker *w)
     }
     w->stack_pool = NULL;
     w->stack_pool_len = 0;
-    if (w->run_fiber) {
-        kiln_fiber_destroy(w->run_fiber);
-        w->run_fiber = NULL;
-    }
+    kiln_fiber_destroy(w->loop_fiber);
+    kiln_fiber_destroy(w->spare_loop);
+    w->loop_fiber = w->spare_loop = NULL;
 }

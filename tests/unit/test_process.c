@@ -564,6 +564,113 @@ static void test_idle_processes_hold_no_stack(void **state)
     kiln_rt_stop(rt);
 }
 
+/* Behaviour handlers run on the scheduler loop's own stack. One that
+ * blocks keeps that stack, loop frames and all, and the loop goes on on a
+ * spare; resumed (on either worker) and done, it returns into those
+ * frames, which carry on as a loop. The processes must go on working, and
+ * every stack must come back. */
+struct parker {
+    _Atomic long blocked, resumed, calls;
+};
+
+static bool is_go(kiln_term t, void *arg)
+{
+    (void)arg;
+    return t == kiln_atom_c("go");
+}
+
+static kiln_action parker_handle(void *state, kiln_msg *m)
+{
+    struct parker *pk = state;
+    kiln_term t = kiln_msg_term(m);
+    if (t == kiln_atom_c("block") || t == kiln_atom_c("block_then_stop")) {
+        atomic_fetch_add(&pk->blocked, 1);
+        kiln_msg *go = NULL;
+        if (kiln_receive(is_go, NULL, -1, &go) == KILN_OK)
+            kiln_msg_free(go);
+        /* Off the stack and back on it a few more times. */
+        for (int i = 0; i < 3; i++)
+            kiln_yield();
+        atomic_fetch_add(&pk->resumed, 1);
+        return t == kiln_atom_c("block") ? KILN_CONTINUE : kiln_stop(kiln_atom_c("normal"));
+    }
+    kiln_term from, req;
+    if (kiln_match_call(t, &from, &req) == KILN_OK) {
+        atomic_fetch_add(&pk->calls, 1);
+        kiln_msg *r = kiln_msg_new(64);
+        kiln_msg_set_term(r, kiln_term_copy(r, req));
+        kiln_reply(from, r);
+    }
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour parker_beh = {"parker", counter_init, parker_handle, NULL};
+
+enum { PARKERS = 64, PARKERS_STOPPING = 8 };
+
+struct parkers {
+    kiln_term pid[PARKERS];
+    int call_failures;
+};
+
+static void release_second_half(void *arg)
+{
+    struct parkers *ps = arg;
+    for (int i = PARKERS / 2; i < PARKERS; i++)
+        kiln_send(ps->pid[i], kiln_test_msg("go"));
+}
+
+static void call_survivors(void *arg)
+{
+    struct parkers *ps = arg;
+    for (int round = 0; round < 3; round++) {
+        for (int i = PARKERS_STOPPING; i < PARKERS; i++) {
+            kiln_msg *reply = NULL;
+            int64_t v = -1;
+            if (kiln_call(ps->pid[i], kiln_test_msg("~i", (int64_t)i), 2000, &reply, NULL) != KILN_OK ||
+                kiln_get_int64(kiln_msg_term(reply), &v) != KILN_OK || v != i)
+                ps->call_failures++;
+            kiln_msg_free(reply);
+        }
+    }
+}
+
+static void test_handlers_that_block_give_the_loop_stack_back(void **state)
+{
+    (void)state;
+    kiln_rt *rt = kiln_test_rt(2, NULL);
+    struct parker pk = {0};
+    struct parkers ps = {0};
+    for (int i = 0; i < PARKERS; i++)
+        assert_int_equal(kiln_spawn(rt, &parker_beh, &pk, NULL, &ps.pid[i]), KILN_OK);
+    for (int i = 0; i < PARKERS; i++)
+        kiln_rt_send(rt, ps.pid[i], kiln_test_msg(i < PARKERS_STOPPING ? "block_then_stop" : "block"));
+    assert_true(kiln_test_wait_count(&pk.blocked, PARKERS, 5000));
+    usleep(20000);
+    kiln_rt_stats st;
+    kiln_rt_get_stats(rt, &st);
+    assert_int_equal(st.stacks_in_use, PARKERS);
+    /* Woken from outside the runtime and from a process. */
+    for (int i = 0; i < PARKERS / 2; i++)
+        kiln_rt_send(rt, ps.pid[i], kiln_test_msg("go"));
+    kiln_test_run_in_process(rt, release_second_half, &ps, 5000);
+    assert_true(kiln_test_wait_count(&pk.resumed, PARKERS, 5000));
+    kiln_test_run_in_process(rt, call_survivors, &ps, 10000);
+    assert_int_equal(ps.call_failures, 0);
+    assert_int_equal(atomic_load(&pk.calls), 3 * (PARKERS - PARKERS_STOPPING));
+    kiln_proc_info info;
+    for (int i = 0; i < PARKERS_STOPPING; i++)
+        assert_int_equal(kiln_process_info(rt, ps.pid[i], &info), KILN_ENOPROC);
+    for (int i = 0; i < 1000; i++) {
+        kiln_rt_get_stats(rt, &st);
+        if (st.stacks_in_use == 0)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(st.stacks_in_use, 0);
+    kiln_rt_stop(rt);
+}
+
 /* ---- sleep, yield, blocking pool ---- */
 
 struct timing {
@@ -918,6 +1025,7 @@ int main(void)
         cmocka_unit_test(test_reply_to_a_user_alias_arrives_wrapped),
         cmocka_unit_test(test_calls_with_timeouts_keep_timers_bounded),
         cmocka_unit_test(test_idle_processes_hold_no_stack),
+        cmocka_unit_test(test_handlers_that_block_give_the_loop_stack_back),
         cmocka_unit_test(test_sleep_yield_blocking_keep_others_running),
         cmocka_unit_test(test_bounded_mailbox_policies),
         cmocka_unit_test(test_bounded_drop_newest_and_oldest),

@@ -1,6 +1,7 @@
 /* A process that overflows its stack hits the guard page and is reported
- * with its pid instead of corrupting memory. Runs in a forked child, since
- * the report ends the OS process. */
+ * with its pid instead of corrupting memory: a function process on its own
+ * stack, and a behaviour's handler on the scheduler loop's stack. Runs in
+ * a forked child, since the report ends the OS process. */
 #include "testutil.h"
 
 #include <signal.h>
@@ -33,9 +34,18 @@ static void overflow_body(void *arg)
     depth_sink = recurse(0);
 }
 
-static void test_overflow_is_reported_with_pid(void **state)
+static kiln_action overflow_handle(void *state, kiln_msg *m)
 {
     (void)state;
+    (void)m;
+    depth_sink = recurse(0);
+    return KILN_CONTINUE;
+}
+
+static const kiln_behaviour overflow_beh = {"overflow", NULL, overflow_handle, NULL};
+
+static void expect_overflow_report(bool in_handler)
+{
     int pipefd[2];
     assert_int_equal(pipe(pipefd), 0);
     pid_t child = fork();
@@ -51,7 +61,10 @@ static void test_overflow_is_reported_with_pid(void **state)
         if (kiln_rt_start(&cfg, &rt) != KILN_OK)
             _exit(3);
         kiln_term pid;
-        kiln_spawn_fn(rt, overflow_body, NULL, NULL, &pid);
+        if (in_handler)
+            kiln_spawn(rt, &overflow_beh, NULL, NULL, &pid);
+        else
+            kiln_spawn_fn(rt, overflow_body, NULL, NULL, &pid);
         fprintf(stderr, "spawned <0.%u.%u>\n", kiln_local_pid_id(pid), kiln_local_pid_serial(pid));
         fflush(stderr);
         kiln_rt_send(rt, pid, kiln_msg_new(0));
@@ -79,10 +92,23 @@ static void test_overflow_is_reported_with_pid(void **state)
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 }
 
+static void test_overflow_is_reported_with_pid(void **state)
+{
+    (void)state;
+    expect_overflow_report(false);
+}
+
+static void test_overflow_in_a_handler_is_reported_with_pid(void **state)
+{
+    (void)state;
+    expect_overflow_report(true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_overflow_is_reported_with_pid),
+        cmocka_unit_test(test_overflow_in_a_handler_is_reported_with_pid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
