@@ -745,30 +745,46 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
         }
         if (kiln_is_cons(src)) {
             /* A run of cells whose heads need no copying (a string, a
-             * list of numbers or atoms) goes in one allocation and one
-             * pass, not a stack round trip per cell. */
-            size_t k = 0;
-            kiln_term rest = src;
-            while (k < 4096 && kiln_is_cons(rest) && is_immediate(kiln_hd(rest))) {
-                k++;
-                rest = kiln_tl(rest);
-            }
-            if (k > 0) {
-                kiln_term *p = kiln_msg_alloc_words(m, 2 * k);
+             * list of numbers or atoms) is copied in one pass, not a
+             * stack round trip per cell. Lists are laid out cell after
+             * cell by every constructor, the decoder and this copy, so
+             * the next cell is stepped to by address when the tail
+             * points there: the loads need not wait for each other's
+             * results, as they would following the tails. */
+            const kiln_term *c = kiln_cons_ptr(src);
+            kiln_term *d = it.dst, rest = src;
+            for (;;) {
+                kiln_term hd = c[0], tl = c[1];
+                if (!is_immediate(hd)) {
+                    rest = kiln_cons_term(c);
+                    break;
+                }
+                kiln_term *p = kiln_arena_alloc(m, 2);
                 if (!p) {
                     ok = false;
                     break;
                 }
-                kiln_term cell = src;
-                for (size_t i = 0; i < k; i++, cell = kiln_tl(cell)) {
-                    p[2 * i] = kiln_hd(cell);
-                    p[2 * i + 1] = i + 1 < k ? kiln_cons_term(p + 2 * i + 2) : KILN_NIL;
+                p[0] = hd;
+                *d = kiln_cons_term(p);
+                d = p + 1;
+                if (tl == kiln_cons_term(c + 2)) {
+                    c += 2;
+                } else if (kiln_is_cons(tl)) {
+                    c = kiln_cons_ptr(tl);
+                } else {
+                    rest = tl;
+                    break;
                 }
-                *it.dst = kiln_cons_term(p);
-                if (!is_immediate(rest))
-                    ok = copy_push(&s, p + 2 * k - 1, rest);
-                else
-                    p[2 * k - 1] = rest;
+            }
+            if (!ok)
+                break;
+            if (d != it.dst) {
+                if (is_immediate(rest))
+                    *d = rest;
+                else {
+                    *d = KILN_NIL;
+                    ok = copy_push(&s, d, rest);
+                }
                 continue;
             }
             kiln_term *p = kiln_msg_alloc_words(m, 2);

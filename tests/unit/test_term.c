@@ -541,6 +541,15 @@ static void test_copy_lists_of_immediates(void **state)
         assert_true(copies[i] != KILN_NONE);
         assert_true(kiln_term_eq(copies[i], cases[i]));
     }
+    /* A copy lays its cells out one after the other, which the next copy
+     * steps through by address (kiln_cons above laid them out backwards). */
+    kiln_msg *b2 = kiln_msg_new(64);
+    for (size_t i = 0; i < n; i++) {
+        kiln_term again = kiln_term_copy(b2, copies[i]);
+        assert_true(again != KILN_NONE);
+        assert_true(kiln_term_eq(again, cases[i]));
+    }
+    kiln_msg_free(b2);
     /* Built again after a is gone: the copies hold nothing of a. */
     kiln_msg_free(a);
     kiln_msg *c = kiln_msg_new(64);
