@@ -12,7 +12,7 @@ bash scripts/setup.sh
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF >/dev/null
 cmake --build build-release -j"$(nproc)" --target kiln-node kiln_bench
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(python3 scripts/free_port.py)
 export ERL_EPMD_PORT=$port
 host=$(hostname -s)
 log=$(mktemp)
