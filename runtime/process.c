@@ -49,10 +49,12 @@ static inline __attribute__((always_inline)) void wake(kiln_rt *rt, struct kiln_
 {
     struct kiln_worker *w = kiln_current_worker();
     bool from_proc = in_run_of(w, rt);
-    if (from_proc && (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_DEFER))
+    if (!from_proc)
+        kiln_sched_ready(rt, p, false);
+    else if (atomic_load_explicit(&p->flags, memory_order_relaxed) & KILN_PF_DEFER)
         kiln_sched_requeue(w, p);
     else
-        kiln_sched_ready(rt, p, from_proc);
+        kiln_sched_ready_next(w, p);
 }
 
 /* p sleeps on an empty queue and its wake-up is ours: the message goes

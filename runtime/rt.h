@@ -19,6 +19,7 @@
 #include "fiber.h"
 #include "mailbox.h"
 #include "message.h"
+#include "tls.h"
 #include "runqueue.h"
 
 #if defined(__SANITIZE_THREAD__) || defined(KILN_TSAN)
@@ -312,8 +313,26 @@ struct kiln_rt {
 
 /* ---- thread-local context ---- */
 
+/* A process may block on one worker and resume on another, so the worker
+ * must be read afresh after anything that may switch stacks, never from a
+ * thread pointer the compiler kept in a register. x86-64 compilers read a
+ * thread-local through the %fs segment within the load itself (the
+ * default -mtls-direct-seg-refs), and a switch is a call they cannot see
+ * into, which makes them load again: there the read is inline. Elsewhere
+ * (aarch64 reads the thread pointer into a register it may reuse) it is a
+ * call the compiler cannot see into. */
+#if defined(__x86_64__)
+extern KILN_TLS struct kiln_worker *kiln_tls_worker;
+static inline struct kiln_worker *kiln_current_worker(void) { return kiln_tls_worker; }
+static inline struct kiln_proc *kiln_current_proc(void)
+{
+    struct kiln_worker *w = kiln_tls_worker;
+    return w ? w->running : NULL;
+}
+#else
 struct kiln_worker *kiln_current_worker(void);
 struct kiln_proc *kiln_current_proc(void);
+#endif
 void kiln_set_current_worker(struct kiln_worker *w);
 
 /* ---- scheduler.c ---- */
@@ -321,6 +340,19 @@ int kiln_sched_start(kiln_rt *rt);
 void kiln_sched_stop(kiln_rt *rt);
 /* Make p runnable (it must not be queued or running anywhere). */
 void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next);
+/* kiln_sched_ready(w->rt, p, true) from a process running on w, inline
+ * when runnext is empty: that plain store (scheduler.c says why it is
+ * safe) is what a request or a reply does on every local call, and the
+ * call around it cost as much again. */
+static inline void kiln_sched_ready_next(struct kiln_worker *w, struct kiln_proc *p)
+{
+    if (atomic_load_explicit(&w->runnext, memory_order_relaxed)) {
+        kiln_sched_ready(w->rt, p, true);
+        return;
+    }
+    atomic_store_explicit(&p->status, KILN_PS_RUNNABLE, memory_order_relaxed);
+    atomic_store_explicit(&w->runnext, p, memory_order_release);
+}
 /* Called by a process on its stack: give the CPU back with a verdict
  * (BLOCKED, YIELD_STACK or EXITED). Returns when the process is resumed;
  * never for EXITED. */

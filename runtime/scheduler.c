@@ -17,9 +17,11 @@
 #include "rt.h"
 #include "tls.h"
 
-/* Read through a call the compiler cannot see into: a process may block
- * on one worker and resume on another, so a TLS address must never be
- * cached across a switch. */
+/* The current worker (rt.h says how it is read). */
+#if defined(__x86_64__)
+KILN_TLS struct kiln_worker *kiln_tls_worker;
+#define tls_worker kiln_tls_worker
+#else
 static KILN_TLS struct kiln_worker *tls_worker;
 
 __attribute__((noinline)) struct kiln_worker *kiln_current_worker(void)
@@ -28,14 +30,15 @@ __attribute__((noinline)) struct kiln_worker *kiln_current_worker(void)
     return tls_worker;
 }
 
-void kiln_set_current_worker(struct kiln_worker *w) { tls_worker = w; }
-
 __attribute__((noinline)) struct kiln_proc *kiln_current_proc(void)
 {
     __asm__ __volatile__("" ::: "memory");
     struct kiln_worker *w = tls_worker;
     return w ? w->running : NULL;
 }
+#endif
+
+void kiln_set_current_worker(struct kiln_worker *w) { tls_worker = w; }
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
 {
