@@ -514,6 +514,19 @@ static void test_calls_with_timeouts_keep_timers_bounded(void **state)
 
 /* ---- stacks only while blocked ---- */
 
+/* stacks_in_use once it reaches want, or after ms if it does not. */
+static uint64_t stacks_in_use_after(kiln_rt *rt, uint64_t want, int ms)
+{
+    kiln_rt_stats st;
+    for (int i = 0; i < ms; i++) {
+        kiln_rt_get_stats(rt, &st);
+        if (st.stacks_in_use == want)
+            break;
+        usleep(1000);
+    }
+    return st.stacks_in_use;
+}
+
 struct blocker {
     _Atomic long ready;
 };
@@ -554,13 +567,7 @@ static void test_idle_processes_hold_no_stack(void **state)
     /* Wake them: they return, exit, and give their stacks back. */
     for (int i = 0; i < 10; i++)
         kiln_rt_send(rt, blocked[i], kiln_test_msg("go"));
-    for (int i = 0; i < 1000; i++) {
-        kiln_rt_get_stats(rt, &st);
-        if (st.stacks_in_use == 0)
-            break;
-        usleep(1000);
-    }
-    assert_int_equal(st.stacks_in_use, 0);
+    assert_int_equal(stacks_in_use_after(rt, 0, 1000), 0);
     kiln_rt_stop(rt);
 }
 
@@ -661,13 +668,7 @@ static void test_handlers_that_block_give_the_loop_stack_back(void **state)
     kiln_proc_info info;
     for (int i = 0; i < PARKERS_STOPPING; i++)
         assert_int_equal(kiln_process_info(rt, ps.pid[i], &info), KILN_ENOPROC);
-    for (int i = 0; i < 1000; i++) {
-        kiln_rt_get_stats(rt, &st);
-        if (st.stacks_in_use == 0)
-            break;
-        usleep(1000);
-    }
-    assert_int_equal(st.stacks_in_use, 0);
+    assert_int_equal(stacks_in_use_after(rt, 0, 1000), 0);
     kiln_rt_stop(rt);
 }
 
