@@ -753,16 +753,26 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
              * results, as they would following the tails. */
             const kiln_term *c = kiln_cons_ptr(src);
             kiln_term *d = it.dst, rest = src;
+            /* The arena's bump pointer in locals: through m, every store
+             * into a cell would make the compiler load it again. */
+            uint64_t *cur = m->cur, *end = m->end;
             for (;;) {
                 kiln_term hd = c[0], tl = c[1];
                 if (!is_immediate(hd)) {
                     rest = kiln_cons_term(c);
                     break;
                 }
-                kiln_term *p = kiln_arena_alloc(m, 2);
-                if (!p) {
-                    ok = false;
-                    break;
+                kiln_term *p = cur;
+                if (end - cur >= 2) {
+                    cur += 2;
+                } else {
+                    m->cur = cur;
+                    if (!(p = kiln_arena_grow(m, 2))) {
+                        ok = false;
+                        break;
+                    }
+                    cur = m->cur;
+                    end = m->end;
                 }
                 p[0] = hd;
                 *d = kiln_cons_term(p);
@@ -778,6 +788,7 @@ kiln_term kiln_term_copy(kiln_msg *m, kiln_term t)
             }
             if (!ok)
                 break;
+            m->cur = cur;
             if (d != it.dst) {
                 if (is_immediate(rest))
                     *d = rest;
