@@ -109,8 +109,6 @@ size_t kiln_msg_arena_words(size_t n)
 
 kiln_msg *kiln_msg_new_words(size_t n)
 {
-    if (n > (SIZE_MAX - sizeof(kiln_msg)) / 8)
-        return NULL;
     kiln_msg *m = NULL;
 #if SPARE_MAX > 0
     if (n <= SPARE_WORDS) {
@@ -121,10 +119,10 @@ kiln_msg *kiln_msg_new_words(size_t n)
         m = spare_take(i);
     }
 #endif
-    if (!m)
-        m = kiln_malloc_sized(sizeof(kiln_msg) + n * 8);
-    if (!m)
-        return NULL;
+    if (!m) {
+        if (n > (SIZE_MAX - sizeof(kiln_msg)) / 8 || !(m = kiln_malloc_sized(sizeof(kiln_msg) + n * 8)))
+            return NULL;
+    }
     atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
     m->kind = KILN_MK_USER;
     m->flags = 0;

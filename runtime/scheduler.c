@@ -460,8 +460,6 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
 {
     kiln_rt *rt = w->rt;
     for (;;) {
-        if (atomic_load_explicit(&rt->stopping, memory_order_acquire))
-            return NULL;
         struct kiln_proc *p;
         /* A periodic look at the global queue keeps two processes that feed
          * each other from starving everything queued there. */
@@ -484,6 +482,10 @@ static struct kiln_proc *find_work(struct kiln_worker *w)
             return found(w, p);
         if ((p = gq_pop(rt, w)))
             return found(w, p);
+        /* Only once the queues are empty: the runtime stops after its
+         * last process has exited, so nothing runnable is left behind. */
+        if (atomic_load_explicit(&rt->stopping, memory_order_acquire))
+            return NULL;
         section_end(w);
         if (w->tick % 64 == 0)
             kiln_epoch_poll(w);
