@@ -343,14 +343,8 @@ void kiln_sched_ready(kiln_rt *rt, struct kiln_proc *p, bool next)
     }
     if (next) {
         /* Request/reply pairs stay on this core's cache; the previous
-         * occupant goes to the back of the queue. Thieves only ever empty
-         * the slot, so an empty one is filled with a plain store: no
-         * locked instruction (about 3 ns each here) on a call's two
-         * wake-ups. */
-        if (!atomic_load_explicit(&w->runnext, memory_order_relaxed)) {
-            atomic_store_explicit(&w->runnext, p, memory_order_release);
-            return;
-        }
+         * occupant goes to the back of the queue. An empty slot is filled
+         * inline by kiln_sched_ready_next (rt.h). */
         p = atomic_exchange_explicit(&w->runnext, p, memory_order_acq_rel);
         if (!p)
             return;
@@ -547,14 +541,20 @@ static void stacks_in_use_add(kiln_rt *rt, int64_t d)
     atomic_fetch_add_explicit(&rt->stacks_in_use, (uint64_t)d, memory_order_relaxed);
 }
 
+/* A run is over: the loop settles it next (run_ended). */
+static void run_over(struct kiln_worker *w, struct kiln_proc *p, enum kiln_verdict v)
+{
+    w->ran = p;
+    w->ran_on = w->cur_fiber;
+    w->verdict = v;
+}
+
 void kiln_sched_switch_out(struct kiln_proc *p, enum kiln_verdict v)
 {
     struct kiln_worker *w = kiln_current_worker();
     struct kiln_fiber *cur = w->cur_fiber;
     bool gone = v == KILN_V_EXITED;
-    w->ran = p;
-    w->ran_on = cur;
-    w->verdict = v;
+    run_over(w, p, v);
     if (cur == w->loop_fiber) {
         /* A handler run directly on the loop's stack: the stack is the
          * process's now (or abandoned, if it exited), the loop moves to
@@ -660,9 +660,7 @@ static void run_process(struct kiln_worker *w, struct kiln_proc *p)
         p->fiber = NULL;
         stacks_in_use_add(w->rt, -1);
     }
-    w->ran = p;
-    w->ran_on = w->cur_fiber;
-    w->verdict = v;
+    run_over(w, p, v);
 }
 
 static _Noreturn void run_loop(void)
